@@ -1,0 +1,262 @@
+"""Checkpoints: a thin wrapper over one orbax `CheckpointManager` per run directory.
+
+What is saved is the train state only, as `{"step", "params", "opt_state"}`; frozen
+models are not (they are inputs of the run). Restores always go into an *abstract,
+sharded* target built from the current mesh, so a run saved on one mesh restores on
+another, and nothing is materialised unsharded.
+
+What a run restores is an explicit choice (`RestoreMode`), never a regex map:
+
+* the run's own latest checkpoint always wins (this is resumption);
+* otherwise `initial_checkpoint` is read with `full_state` (params + optimizer +
+  step) or `params_only` (fresh optimizer, step 0), or ignored with `none`.
+
+An initial checkpoint is either a checkpoint step directory of another run
+(`<model_dir>/checkpoints/<step>`), a run's `checkpoints` directory (its latest step),
+or a HuggingFace T5 directory (`config.json` + safetensors; params only).
+"""
+
+import dataclasses
+import enum
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from nlhf_jax import train_state as train_state_lib
+from nlhf_jax import types
+
+PyTree = types.PyTree
+_ITEM = "default"  # orbax's item sub-directory for a single-item manager
+
+
+class RestoreMode(enum.Enum):
+    FULL_STATE = "full_state"
+    PARAMS_ONLY = "params_only"
+    NONE = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When to save and what to keep.
+
+    Attributes:
+      save_every_steps: save every N steps (and always at the end).
+      keep: how many recent checkpoints to keep (None = all).
+      async_save: write in a background thread while training continues.
+      restore_mode: "full_state", "params_only" or "none" for `initial_checkpoint`.
+      initial_checkpoint: path to start a new run from (see module docstring).
+    """
+
+    save_every_steps: int = 1000
+    keep: Optional[int] = 3
+    async_save: bool = True
+    restore_mode: str = "params_only"
+    initial_checkpoint: Optional[str] = None
+
+    def __post_init__(self):
+        valid = [m.value for m in RestoreMode]
+        if self.restore_mode not in valid:
+            raise ValueError(
+                f"CheckpointConfig.restore_mode={self.restore_mode!r}; expected one of {valid}"
+            )
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tree or shapes do not match what the config builds."""
+
+
+def _state_dict(state: train_state_lib.TrainState) -> dict[str, Any]:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def _abstract(tree: PyTree, shardings: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_str(path: tuple) -> str:
+    """'params/decoder/stack/layers_0/mlp/wo/kernel': the same spelling whether the
+    tree holds dicts, named tuples (optax states) or orbax's metadata for them."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def _flat(tree: PyTree) -> dict[str, Any]:
+    return {
+        path_str(path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def check_compatible(target: PyTree, stored: PyTree, where: str) -> None:
+    """Raises CheckpointMismatchError naming the first path that differs.
+
+    Args:
+      target: the tree the current config builds (arrays or ShapeDtypeStructs).
+      stored: the checkpoint's metadata tree (leaves with `.shape`).
+      where: the checkpoint path, for the message.
+    """
+    want, have = _flat(target), _flat(stored)
+    for path in sorted(set(want) | set(have)):
+        if path not in have:
+            raise CheckpointMismatchError(
+                f"{where}: the config expects {path} with shape {tuple(want[path].shape)}, "
+                f"but the checkpoint has no such entry"
+            )
+        if path not in want:
+            raise CheckpointMismatchError(
+                f"{where}: the checkpoint has {path} with shape {tuple(have[path].shape)}, "
+                f"which the config does not build"
+            )
+        if tuple(want[path].shape) != tuple(have[path].shape):
+            raise CheckpointMismatchError(
+                f"{where}: {path} has shape {tuple(have[path].shape)} in the checkpoint "
+                f"but {tuple(want[path].shape)} in the config"
+            )
+
+
+class Checkpointer:
+    """Saves and restores one run's train state under `<model_dir>/checkpoints`."""
+
+    def __init__(self, model_dir: str, cfg: CheckpointConfig):
+        self.cfg = cfg
+        self.directory = os.path.abspath(os.path.join(model_dir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=1,  # the loop decides when; see `maybe_save`
+            max_to_keep=cfg.keep,
+            enable_async_checkpointing=cfg.async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_handlers=ocp.StandardCheckpointHandler(), options=options
+        )
+
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def save(self, state: train_state_lib.TrainState, force: bool = False) -> bool:
+        """Saves `state` at its step (if not already saved). Returns whether it saved."""
+        step = int(jax.device_get(state.step))
+        if step in self._manager.all_steps():
+            return False
+        return self._manager.save(
+            step, args=ocp.args.StandardSave(_state_dict(state)), force=force
+        )
+
+    def maybe_save(self, state: train_state_lib.TrainState, step: int) -> bool:
+        if step % max(self.cfg.save_every_steps, 1) == 0:
+            return self.save(state)
+        return False
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def restore_latest(
+        self, target: train_state_lib.TrainState, shardings: train_state_lib.TrainState
+    ) -> Optional[train_state_lib.TrainState]:
+        """The run's own latest state, restored into `shardings`; None if there is none."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        where = os.path.join(self.directory, str(step))
+        abstract = _abstract(_state_dict(target), _state_dict(shardings))
+        stored = self._manager.item_metadata(step)
+        check_compatible(abstract, _metadata_tree(stored), where)
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return train_state_lib.TrainState(**restored)
+
+
+def _resolve_step_dir(path: str) -> str:
+    """A run's checkpoints dir, a model dir, or a step dir -> the item directory."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    if os.path.isdir(os.path.join(path, _ITEM)):
+        return os.path.join(path, _ITEM)
+    steps = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+    if steps:
+        return os.path.join(path, str(max(steps)), _ITEM)
+    raise FileNotFoundError(
+        f"{path}: not an orbax checkpoint (no '{_ITEM}' item and no numbered steps)"
+    )
+
+
+def is_hf_directory(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and (
+        os.path.isfile(os.path.join(path, "model.safetensors"))
+        or os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
+    )
+
+
+def restore_params(path: str, abstract_params: PyTree, param_shardings: PyTree) -> PyTree:
+    """Parameters only, from another run's orbax checkpoint, into the given shardings.
+
+    Args:
+      path: a step directory, a `checkpoints` directory or a model directory.
+      abstract_params: the params tree the config builds (shapes).
+      param_shardings: their NamedShardings on the current mesh.
+
+    Raises:
+      CheckpointMismatchError: naming the first differing path.
+    """
+    item_dir = _resolve_step_dir(path)
+    checkpointer = ocp.PyTreeCheckpointer()
+    stored = _metadata_tree(checkpointer.metadata(item_dir))
+    if "params" not in stored:
+        raise CheckpointMismatchError(f"{item_dir}: no 'params' entry in the checkpoint")
+    target = {"params": _abstract(abstract_params, param_shardings)}
+    check_compatible(target["params"], stored["params"], item_dir)
+    restored = checkpointer.restore(
+        item_dir,
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
+    return restored["params"]
+
+
+def restore_state(
+    path: str, target: train_state_lib.TrainState, shardings: train_state_lib.TrainState
+) -> train_state_lib.TrainState:
+    """A full train state from another run's checkpoint (`full_state` mode)."""
+    item_dir = _resolve_step_dir(path)
+    checkpointer = ocp.StandardCheckpointer()
+    abstract = _abstract(_state_dict(target), _state_dict(shardings))
+    stored = checkpointer.metadata(item_dir)
+    check_compatible(abstract, _metadata_tree(stored), item_dir)
+    restored = checkpointer.restore(item_dir, abstract)
+    return train_state_lib.TrainState(**restored)
+
+
+def _metadata_tree(stored: Any) -> PyTree:
+    for attr in ("tree", "item_metadata"):
+        inner = getattr(stored, attr, None)
+        if inner is not None:
+            return _metadata_tree(inner)
+    return stored
+
+
+def host_params(params: PyTree) -> PyTree:
+    """Fully-addressable numpy copy (small models: exports and tests)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+
+
+def log_restore(kind: str, path: str, step: int) -> None:
+    logging.info("restored %s from %s (step %d)", kind, path, step)

@@ -1,0 +1,223 @@
+"""Pure, jittable training steps: `(state, batch, rng) -> (state, metrics)`.
+
+Statics (the model, the optax transformation, a frozen config) are keyword-only and
+bound with `functools.partial` before `jax.jit`; the run files jit each step once with
+explicit in/out shardings and donate the state.
+
+A step is "compute grads" (`accumulate_grads`, optionally over microbatches) then
+"apply grads" (`apply_grads`), as in T5X's trainer, so a new loss only supplies a
+`loss_fn(params, batch, rng) -> (loss_sum, aux)` whose `aux["weight"]` is the
+normaliser. Dividing summed numerators by summed weights once, at the end, makes
+microbatched gradients equal full-batch ones.
+"""
+
+import dataclasses
+from typing import Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from nlhf_jax import losses
+from nlhf_jax import train_state as train_state_lib
+from nlhf_jax import types
+
+Array = types.Array
+PyTree = types.PyTree
+Batch = Mapping[str, Array]
+Metrics = dict[str, Array]
+LossFn = Callable[[PyTree, Batch, Array], tuple[Array, dict[str, Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Settings of a supervised step.
+
+    Attributes:
+      num_microbatches: split the batch into this many sequential microbatches (the
+        batch size must be divisible by it); 1 = no accumulation.
+      z_loss: coefficient of the log(Z)^2 auxiliary loss (SFT).
+    """
+
+    num_microbatches: int = 1
+    z_loss: float = 0.0
+
+
+def _split_microbatches(batch: Batch, num: int) -> Batch:
+    """[B, ...] -> [num, B / num, ...], microbatch m taking rows m, m + num, ...
+
+    Taking strided rows keeps every device's rows on that device when the batch is
+    sharded along its leading axis.
+    """
+
+    def one(x):
+        if x.shape[0] % num:
+            raise ValueError(
+                f"batch size {x.shape[0]} is not divisible by num_microbatches={num}"
+            )
+        x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree_util.tree_map(one, batch)
+
+
+def accumulate_grads(
+    loss_fn: LossFn, params: PyTree, batch: Batch, rng: Array, num_microbatches: int = 1
+) -> tuple[Array, PyTree, dict[str, Array]]:
+    """Summed loss, gradients and aux over (micro)batches.
+
+    Args:
+      loss_fn: (params, batch, rng) -> (loss_sum, aux); aux values are summed.
+      params: the parameters to differentiate.
+      batch: dict of arrays [B, ...].
+      rng: PRNG key (folded with the microbatch index).
+      num_microbatches: see StepConfig.
+
+    Returns:
+      (loss_sum, grads of loss_sum, aux sums).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if num_microbatches <= 1:
+        (loss, aux), grads = grad_fn(params, batch, rng)
+        return loss, grads, aux
+
+    micro = _split_microbatches(batch, num_microbatches)
+
+    def body(carry, xs):
+        loss_acc, grads_acc, aux_acc = carry
+        index, mb = xs
+        (loss, aux), grads = grad_fn(params, mb, jax.random.fold_in(rng, index))
+        add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)  # noqa: E731
+        return (loss_acc + loss, add(grads_acc, grads), add(aux_acc, aux)), None
+
+    first = jax.tree_util.tree_map(lambda x: x[0], micro)
+    (_, aux_shape), _ = jax.eval_shape(grad_fn, params, first, rng)
+    init = (
+        jnp.zeros((), jnp.float32),
+        jax.tree_util.tree_map(jnp.zeros_like, params),
+        jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
+    )
+    (loss, grads, aux), _ = jax.lax.scan(
+        body, init, (jnp.arange(num_microbatches), micro)
+    )
+    return loss, grads, aux
+
+
+def apply_grads(
+    state: train_state_lib.TrainState,
+    grads: PyTree,
+    tx: optax.GradientTransformation,
+) -> tuple[train_state_lib.TrainState, Metrics]:
+    """One optimizer update, with the norms every run logs."""
+    new_state = state.apply_gradients(grads, tx)
+    metrics = {
+        "opt/grad_norm": optax.global_norm(grads),
+        "opt/param_norm": optax.global_norm(new_state.params),
+        "opt/update_norm": optax.global_norm(
+            jax.tree_util.tree_map(jnp.subtract, new_state.params, state.params)
+        ),
+    }
+    return new_state, metrics
+
+
+def normalised_step(
+    state: train_state_lib.TrainState,
+    batch: Batch,
+    rng: Array,
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    num_microbatches: int = 1,
+    prefix: str,
+    learning_rate_fn: Optional[Callable[[Array], Array]] = None,
+) -> tuple[train_state_lib.TrainState, Metrics]:
+    """The generic supervised step: grads of loss_sum / weight, then one update.
+
+    Args:
+      state: the train state (donated by the caller's jit).
+      batch: dict of arrays [B, ...].
+      rng: the run's base key; the step key is fold_in(rng, state.step).
+      loss_fn: see `accumulate_grads`; aux must contain "weight".
+      tx: the optax transformation.
+      num_microbatches: gradient accumulation.
+      prefix: metrics namespace, e.g. "sft".
+      learning_rate_fn: the schedule, to log `opt/learning_rate` of this step.
+
+    Returns:
+      (new state, metrics): `{prefix}/loss` and every other aux sum divided by weight.
+    """
+    step_rng = jax.random.fold_in(rng, state.step)
+    loss_sum, grads, aux = accumulate_grads(loss_fn, state.params, batch, step_rng, num_microbatches)
+    weight = jnp.maximum(aux["weight"], 1e-8)
+    grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
+    new_state, metrics = apply_grads(state, grads, tx)
+    if learning_rate_fn is not None:
+        metrics["opt/learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+    metrics[f"{prefix}/loss"] = loss_sum / weight
+    for name, value in aux.items():
+        if name == "weight":
+            metrics[f"{prefix}/weight"] = value
+        else:
+            metrics[f"{prefix}/{name}"] = value / weight
+    return new_state, metrics
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def sft_loss_fn(
+    params: PyTree, batch: Batch, rng: Array, *, model: nn.Module, z_loss: float = 0.0
+) -> tuple[Array, dict[str, Array]]:
+    """Teacher-forced cross-entropy of an encoder-decoder.
+
+    Batch features (seqio EncDecFeatureConverter names): encoder_input_tokens [B, K],
+    decoder_input_tokens [B, L], decoder_target_tokens [B, L], decoder_loss_weights
+    [B, L].
+    """
+    logits = model.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        enable_dropout=True,
+        rngs={"dropout": rng},
+    )
+    loss, weight, zl = losses.token_cross_entropy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss
+    )
+    correct = losses.token_accuracy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
+    return loss, {"weight": weight, "z_loss": zl, "accuracy": correct}
+
+
+def sft_train_step(
+    state: train_state_lib.TrainState,
+    batch: Batch,
+    rng: Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    cfg: StepConfig = StepConfig(),
+    learning_rate_fn: Optional[Callable[[Array], Array]] = None,
+) -> tuple[train_state_lib.TrainState, Metrics]:
+    """One SFT update. Metrics: sft/loss, sft/accuracy, sft/z_loss, opt/*."""
+    loss_fn = lambda p, b, r: sft_loss_fn(p, b, r, model=model, z_loss=cfg.z_loss)  # noqa: E731
+    return normalised_step(
+        state, batch, rng, loss_fn=loss_fn, tx=tx, num_microbatches=cfg.num_microbatches,
+        prefix="sft", learning_rate_fn=learning_rate_fn,
+    )
+
+
+def sft_eval_step(params: PyTree, batch: Batch, *, model: nn.Module) -> Metrics:
+    """Loss sums on a batch without dropout (divide by `eval/weight` after summing)."""
+    logits = model.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+    )
+    loss, weight, _ = losses.token_cross_entropy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
+    correct = losses.token_accuracy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
+    return {"eval/loss_sum": loss, "eval/accuracy_sum": correct, "eval/weight": weight}

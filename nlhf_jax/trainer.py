@@ -1,0 +1,286 @@
+"""The supervised training loop shared by SFT, the preference model and the reward model.
+
+Order of business (big_vision style), each a function below:
+  1. mesh and rules           -> `partitioning`
+  2. state, sharded at birth  -> `init_train_state`
+  3. resume priority          -> `restore_or_init`: own checkpoint, then the initial
+                                 checkpoint (full state or params only), then scratch
+  4. one jitted step          -> `jit_step` (explicit shardings, state donated)
+  5. the loop                 -> `run_loop`: step-indexed batches, NaN guard,
+                                 checkpoints, metrics, SIGTERM = save and exit 0.
+"""
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import auto as tqdm
+
+from nlhf_jax import checkpointing
+from nlhf_jax import input_pipeline
+from nlhf_jax import metrics as metrics_lib
+from nlhf_jax import partitioning
+from nlhf_jax import train_state as train_state_lib
+from nlhf_jax import types
+
+PyTree = types.PyTree
+TrainState = train_state_lib.TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How long to train and how often to report.
+
+    Attributes:
+      num_steps: total optimizer steps of the run (a resumed run stops there too).
+      batch_size: global batch size (all hosts together).
+      seed: seeds initialisation, dropout and data order.
+      log_every: write metrics every N steps (averaged over those steps).
+      eval_every: run `eval_fn` every N steps (0 = only at the end, if given).
+      progress: show a tqdm bar.
+    """
+
+    num_steps: int
+    batch_size: int
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.num_steps < 0 or self.batch_size <= 0:
+            raise ValueError(f"LoopConfig: bad num_steps/batch_size {self.num_steps}/{self.batch_size}")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a step produces a non-finite loss; the bad state is not saved."""
+
+
+def init_train_state(
+    init_boxed_params: Callable[[jax.Array], PyTree],
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+    rng: jax.Array,
+) -> tuple[TrainState, TrainState, TrainState]:
+    """Creates a TrainState directly in its shards.
+
+    Args:
+      init_boxed_params: rng -> params tree with `nn.LogicallyPartitioned` leaves.
+      tx: the optimizer (its state is sharded like the parameters it tracks;
+        factored or scalar statistics are replicated).
+      mesh, rules: where it lives.
+      rng: init key.
+
+    Returns:
+      (state, state shardings, abstract state of ShapeDtypeStructs).
+    """
+
+    def init_fn(key):
+        params = init_boxed_params(key)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
+        )
+
+    state, shardings = partitioning.sharded_init(init_fn, mesh, rules, rng)
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    return state, shardings, abstract
+
+
+def abstract_train_state(
+    init_boxed_params: Callable[[jax.Array], PyTree],
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+) -> tuple[TrainState, TrainState]:
+    """Shapes and shardings of the train state, allocating nothing (eval_shape only)."""
+
+    def init_fn(key):
+        params = init_boxed_params(key)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init_fn, jax.random.key(0))
+        shardings = partitioning.logical_shardings(boxed, mesh, rules)
+    return partitioning.unbox(boxed), shardings
+
+
+def restore_or_init(
+    *,
+    checkpointer: checkpointing.Checkpointer,
+    state: TrainState,
+    shardings: TrainState,
+    tx: optax.GradientTransformation,
+    load_hf: Optional[Callable[[str], PyTree]] = None,
+) -> tuple[TrainState, str]:
+    """Applies the resume priority. Returns (state, a sentence saying what happened)."""
+    own = checkpointer.restore_latest(state, shardings)
+    if own is not None:
+        return own, f"resumed from own checkpoint at step {int(own.step)} in {checkpointer.directory}"
+    cfg = checkpointer.cfg
+    mode = checkpointing.RestoreMode(cfg.restore_mode)
+    path = cfg.initial_checkpoint
+    if not path or mode == checkpointing.RestoreMode.NONE:
+        return state, "initialised from scratch"
+    if checkpointing.is_hf_directory(path):
+        if mode == checkpointing.RestoreMode.FULL_STATE:
+            raise ValueError(f"{path}: a HuggingFace checkpoint has no optimizer state; "
+                             "use restore_mode='params_only'")
+        if load_hf is None:
+            raise ValueError(f"{path}: this run cannot read HuggingFace checkpoints")
+        params = load_hf(path)
+        checkpointing.check_compatible(state.params, params, path)
+        params = jax.tree_util.tree_map(
+            lambda x, ref, s: jax.device_put(np.asarray(x, dtype=ref.dtype), s),
+            params, state.params, shardings.params,
+        )
+        return _fresh_optimizer(state, params, tx, shardings), f"params from HF checkpoint {path}"
+    if mode == checkpointing.RestoreMode.FULL_STATE:
+        restored = checkpointing.restore_state(path, state, shardings)
+        return restored, f"full state from {path} (step {int(restored.step)})"
+    params = checkpointing.restore_params(path, state.params, shardings.params)
+    return _fresh_optimizer(state, params, tx, shardings), f"params only from {path}"
+
+
+def _fresh_optimizer(state: TrainState, params: PyTree, tx, shardings: TrainState) -> TrainState:
+    new = jax.jit(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+        out_shardings=shardings,
+    )(params)
+    return new
+
+
+def jit_step(
+    step_fn: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]],
+    state_shardings: TrainState,
+    example_batch: dict,
+    mesh: jax.sharding.Mesh,
+):
+    """jit(step) with explicit shardings: state in/out as derived, batch over
+    (data, fsdp), rng and metrics replicated; the state is donated."""
+    batch_shardings = {
+        k: partitioning.batch_sharding(mesh, np.ndim(v)) for k, v in example_batch.items()
+    }
+    rep = partitioning.replicated(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings, rep),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=0,
+    )
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler, no preemption support
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: TrainState
+    last_metrics: dict[str, float]
+    preempted: bool
+    steps_run: int
+
+
+def run_loop(
+    *,
+    state: TrainState,
+    jitted_step,
+    dataset: input_pipeline.ArrayDataset,
+    loop: LoopConfig,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+    checkpointer: checkpointing.Checkpointer,
+    writer: metrics_lib.MetricWriter,
+    eval_fn: Optional[Callable[[PyTree], dict[str, float]]] = None,
+    desc: str = "train",
+) -> LoopResult:
+    """Runs steps `state.step .. loop.num_steps - 1`.
+
+    Stops with NonFiniteLossError on a non-finite loss (the last good checkpoint stays
+    the latest one); on SIGTERM saves and returns with `preempted=True`.
+    """
+    base_rng = jax.random.key(loop.seed)
+    start = int(jax.device_get(state.step))
+    pending: list[dict[str, Any]] = []
+    last: dict[str, float] = {}
+    preempted = False
+    t_last = time.perf_counter()
+    bar = tqdm.tqdm(
+        total=loop.num_steps, initial=start, desc=desc, disable=not loop.progress or jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    with _Preemption() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        for step in range(start, loop.num_steps):
+            local = dataset.batch(step, loop.batch_size, loop.seed, jax.process_index(), jax.process_count())
+            batch = partitioning.host_local_batch_to_global(local, mesh)
+            state, metrics = jitted_step(state, batch, base_rng)
+            metrics = jax.device_get(metrics)
+            loss_keys = [k for k in metrics if k.endswith("/loss")]
+            bad = [k for k in loss_keys if not math.isfinite(float(metrics[k]))]
+            if bad:
+                good = checkpointer.latest_step()
+                checkpointer.wait()
+                raise NonFiniteLossError(
+                    f"non-finite {bad[0]}={float(metrics[bad[0]])} at step {step}; stopping. "
+                    f"The last good checkpoint is step {good} in {checkpointer.directory}"
+                    if good is not None
+                    else f"non-finite {bad[0]}={float(metrics[bad[0]])} at step {step}; stopping "
+                    "(no checkpoint was saved yet). Lower the learning rate or check the data."
+                )
+            pending.append(metrics)
+            done = step + 1
+            bar.update(1)
+            if done % loop.log_every == 0 or done == loop.num_steps:
+                now = time.perf_counter()
+                last = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+                last["perf/steps_per_s"] = len(pending) / max(now - t_last, 1e-9)
+                t_last = now
+                pending = []
+                writer.write(done, last)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in last.items() if k.endswith("/loss") or k == "perf/steps_per_s"})
+            if eval_fn is not None and loop.eval_every and done % loop.eval_every == 0:
+                writer.write(done, eval_fn(state.params))
+            checkpointer.maybe_save(state, done)
+            if preemption.requested:
+                logging.warning("SIGTERM received: saving step %d and exiting", done)
+                checkpointer.save(state, force=True)
+                preempted = True
+                break
+    bar.close()
+    if not preempted:
+        checkpointer.save(state, force=True)
+        if eval_fn is not None:
+            final = eval_fn(state.params)
+            writer.write(int(jax.device_get(state.step)), final)
+            last.update(final)
+    checkpointer.wait()
+    return LoopResult(state=state, last_metrics=last, preempted=preempted,
+                      steps_run=int(jax.device_get(state.step)) - start)
