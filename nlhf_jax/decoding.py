@@ -26,6 +26,10 @@ from nlhf_jax import types
 Array = types.Array
 PyTree = types.PyTree
 
+# Log-probability given to excluded tokens (padding, outside the top-k). Finite, so a
+# geometric mixture (1 - beta) * a + beta * b never computes 0 * inf; exp() of it is 0.
+MASKED_LOGIT = -1e30
+
 
 class TokensToLogits(Protocol):
     """(tokens int [B, 1], state) -> (logits float [B, V], new state)."""
@@ -92,17 +96,17 @@ def sampling_logprobs(logits: Array, cfg: SamplingConfig) -> Array:
       cfg: temperature and top-k.
 
     Returns:
-      float32 [..., V]; -inf outside the top-k.
+      float32 [..., V]; about MASKED_LOGIT (-1e30) outside the top-k and at padding.
     """
     logits = logits.astype(jnp.float32)
     if cfg.forbid_pad:
-        logits = logits.at[..., types.PAD_ID].set(-jnp.inf)
+        logits = logits.at[..., types.PAD_ID].set(MASKED_LOGIT)
     if cfg.greedy:
         return jax.nn.log_softmax(logits, axis=-1)
     logits = logits / cfg.temperature
     if cfg.top_k:
         kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        logits = jnp.where(logits < kth, MASKED_LOGIT, logits)
     return jax.nn.log_softmax(logits, axis=-1)
 
 

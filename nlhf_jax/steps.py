@@ -12,14 +12,17 @@ microbatched gradients equal full-batch ones.
 """
 
 import dataclasses
-from typing import Callable, Mapping, Optional
+import functools
+from typing import Callable, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from nlhf_jax import decoding
 from nlhf_jax import losses
+from nlhf_jax import policy as policy_lib
 from nlhf_jax import train_state as train_state_lib
 from nlhf_jax import types
 
@@ -221,3 +224,105 @@ def sft_eval_step(params: PyTree, batch: Batch, *, model: nn.Module) -> Metrics:
         logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     )
     return {"eval/loss_sum": loss, "eval/accuracy_sum": correct, "eval/weight": weight}
+
+
+# ------------------------------------------------------------- policy optimisation
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyStepConfig:
+    """What the policy-gradient update needs to know (bound as a static).
+
+    Attributes:
+      temperature: the sampling temperature; log-probs of pi and mu are those of the
+        tempered distributions, the ones y was sampled from.
+      forbid_pad: padding excluded from the policy's support (as in sampling).
+      baseline: subtracted from the reward: 0.5 for preferences (= P(y > y | x)), or
+        "batch_mean" for rewards (RLHF).
+      num_microbatches: gradient accumulation.
+    """
+
+    temperature: float = 1.0
+    forbid_pad: bool = True
+    baseline: Union[float, str] = 0.5
+    num_microbatches: int = 1
+
+
+def _tempered_logps(logits: Array, cfg: PolicyStepConfig) -> Array:
+    """The same arithmetic as `policy.token_logprobs` (and so as the sampler)."""
+    lp = policy_lib.normalise(logits, cfg.forbid_pad)
+    return jax.nn.log_softmax(lp / cfg.temperature, axis=-1)
+
+
+def policy_loss_fn(
+    params: PyTree,
+    batch: Batch,
+    rng: Array,
+    *,
+    model: nn.Module,
+    cfg: PolicyStepConfig,
+) -> tuple[Array, dict[str, Array]]:
+    """Regularised policy-gradient surrogate (Nash-MD-PG, Nash-EMA-PG, RLHF).
+
+    Batch (all computed before the update, without gradient):
+      prompts int [B, K]; tokens int [B, L] (y, sampled from pi_theta);
+      lengths int [B]; reward float [B] (P(y > y' | x), or a reward);
+      reference_logps float [B, L] (log mu(y_n | .), tempered like pi);
+      tau float [B] (the KL coefficient of this step, broadcast per row);
+      example_weights float [B] (1 for samples).
+
+    Returns:
+      (loss sum, aux sums incl. "weight" = sum of example weights).
+    """
+    del rng  # the update is deterministic given the samples
+    tokens, lengths = batch["tokens"], batch["lengths"]
+    mask = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
+    logits = model.apply({"params": params}, batch["prompts"], decoding.shift_right(tokens))
+    lp_all = _tempered_logps(logits, cfg)
+    logps = jnp.take_along_axis(lp_all, tokens[..., None], axis=-1)[..., 0] * mask
+    weights = batch["example_weights"].astype(jnp.float32)
+    reward = batch["reward"].astype(jnp.float32)
+    if cfg.baseline == "batch_mean":
+        baseline = jnp.sum(weights * reward) / jnp.maximum(jnp.sum(weights), 1e-8)
+    else:
+        baseline = jnp.float32(cfg.baseline)
+    adv = losses.policy_gradient_advantages(
+        reward, logps, batch["reference_logps"], mask, batch["tau"][:, None], baseline
+    )
+    loss, weight = losses.policy_gradient_loss(logps, adv, mask, weights)
+    seq_kl = jnp.sum(jax.lax.stop_gradient(logps - batch["reference_logps"]) * mask, axis=-1)
+    entropy = -jnp.sum(jnp.exp(lp_all) * lp_all, axis=-1)
+    n_tok = jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    aux = {
+        "weight": weight,
+        "kl_ref": jnp.sum(weights * seq_kl),
+        "entropy": jnp.sum(weights * jnp.sum(jax.lax.stop_gradient(entropy) * mask, -1) / n_tok),
+        "reward": jnp.sum(weights * reward),
+        "advantage_mean": jnp.sum(weights * jnp.sum(adv, -1) / n_tok),
+        "advantage_abs": jnp.sum(weights * jnp.sum(jnp.abs(adv), -1) / n_tok),
+        "length": jnp.sum(weights * lengths.astype(jnp.float32)),
+    }
+    return loss, aux
+
+
+def policy_update_step(
+    state: train_state_lib.TrainState,
+    batch: Batch,
+    rng: Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    cfg: PolicyStepConfig = PolicyStepConfig(),
+    learning_rate_fn: Optional[Callable[[Array], Array]] = None,
+) -> tuple[train_state_lib.TrainState, Metrics]:
+    """One policy update from pre-computed samples. Metrics: policy/*, opt/*."""
+    loss_fn = functools.partial(policy_loss_fn, model=model, cfg=cfg)
+    return normalised_step(
+        state, batch, rng, loss_fn=loss_fn, tx=tx, num_microbatches=cfg.num_microbatches,
+        prefix="policy", learning_rate_fn=learning_rate_fn,
+    )
+
+
+def ema_update(ema_params: PyTree, params: PyTree, decay: Array) -> PyTree:
+    """theta_bar <- decay * theta_bar + (1 - decay) * theta (recursive EMA, App. F.3)."""
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
