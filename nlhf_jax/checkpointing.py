@@ -260,3 +260,39 @@ def host_params(params: PyTree) -> PyTree:
 
 def log_restore(kind: str, path: str, step: int) -> None:
     logging.info("restored %s from %s (step %d)", kind, path, step)
+
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def save_model_config(model_dir: str, config: Any) -> str:
+    """Writes a run's architecture (a frozen dataclass) as JSON next to its checkpoints,
+    so judges and evaluators can rebuild the network without the run's gin files."""
+    import json
+
+    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    if jax.process_index() == 0:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(config), f, indent=2, sort_keys=True)
+    return path
+
+
+def load_model_config(model_dir: str, cls: Optional[type] = None) -> Any:
+    """Reads `save_model_config`'s file back into `cls` (default: T5Config)."""
+    import json
+
+    if cls is None:
+        from nlhf_jax.models import t5
+
+        cls = t5.T5Config
+    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no model config; was {model_dir} written by `nlhf train`?")
+    with open(path, encoding="utf-8") as f:
+        values = json.load(f)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown {cls.__name__} fields {unknown}")
+    return cls(**values)

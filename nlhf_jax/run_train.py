@@ -71,6 +71,7 @@ def train(
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
             f.write(gin.config_str())
+    checkpointing.save_model_config(model_dir, model)
     rules = list(rules) if rules is not None else partitioning.default_rules()
     mesh_ = partitioning.make_mesh(mesh)
     logging.info("mesh %s over %d devices", dict(mesh_.shape), mesh_.size)

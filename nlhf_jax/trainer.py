@@ -284,3 +284,31 @@ def run_loop(
     checkpointer.wait()
     return LoopResult(state=state, last_metrics=last, preempted=preempted,
                       steps_run=int(jax.device_get(state.step)) - start)
+
+
+def load_frozen(
+    model_dir: str,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+    network_cls: Optional[Callable[[Any], nn.Module]] = None,
+    config: Any = None,
+) -> tuple[Any, nn.Module, PyTree]:
+    """A finished run's parameters, for use as a frozen model (reference, judge).
+
+    Reads `<model_dir>/model_config.json` (unless `config` is given), builds the
+    network, and restores the latest checkpoint's params straight into their shards.
+
+    Returns:
+      (config, network, params).
+    """
+    from nlhf_jax.models import t5
+
+    config = config or checkpointing.load_model_config(model_dir)
+    network = (network_cls or t5.EncoderDecoder)(config)
+    init = lambda rng: t5.init_variables(network, rng)["params"]  # noqa: E731
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init, jax.random.key(0))
+        shardings = partitioning.logical_shardings(boxed, mesh, rules)
+    abstract = partitioning.unbox(boxed)
+    params = checkpointing.restore_params(model_dir, abstract, shardings)
+    return config, network, params

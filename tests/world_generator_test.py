@@ -1,0 +1,169 @@
+"""World generation: determinism, file formats, vocabulary, lazy regeneration."""
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from nlhf_jax.data import jsonl, templates
+from nlhf_jax.data.world import cli, generator, grammar, parser, raters, styles
+
+SMALL = generator.WorldConfig(n_sft=(300, 40, 40), n_comparisons=(600, 40, 40), n_prompts_train=60)
+
+
+def file_hashes(root: str) -> dict[str, str]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def read_lines(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("world") / "w")
+    generator.generate(SMALL, out)
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_other_world(world, tmp_path):
+    again = str(tmp_path / "again")
+    generator.generate(SMALL, again)
+    first, second = file_hashes(world), file_hashes(again)
+    assert len(first) == 11 and first == second  # world.json included
+    other = str(tmp_path / "other")
+    generator.generate(dataclasses.replace(SMALL, seed=1), other)
+    third = file_hashes(other)
+    assert set(third) == set(first)
+    assert all(third[k] != first[k] for k in first)
+
+
+def test_vocabulary_layout_and_every_world_word_is_one_piece(world):
+    sp = spm.SentencePieceProcessor(model_file=generator.vocab_path(world))
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    assert sp.get_piece_size() <= SMALL.vocab_size
+    assert [w for w in grammar.vocabulary_words() if len(sp.encode(w)) != 1] == []
+    for symbol in generator.TEMPLATE_SYMBOLS:
+        assert sp.encode(symbol, out_type=str)[-1] == symbol
+    prompt = templates.tldr_prompt("tifu", "my dad sold the house", "my dad sold the house .")
+    assert sp.decode(sp.encode(prompt)).split() == prompt.split()
+
+
+def test_sft_files(world):
+    rows = read_lines(generator.split_path(world, "sft", "train"))
+    assert len(rows) == 300
+    assert list(rows[0]) == ["id", "subreddit", "title", "post", "summary", "style", "quality"]
+    styles_seen = collections.Counter(r["style"] for r in rows)
+    assert set(styles_seen) == set(styles.STYLES)
+    assert styles_seen.most_common(1)[0][0] == "feelings_first"  # mu's mode
+    predicted = parser.style_of([r["summary"] for r in rows])
+    assert [styles.STYLES[i] for i in predicted] == [r["style"] for r in rows]
+    for r in rows:
+        assert len(r["post"].split()) <= grammar.MAX_POST_WORDS
+        assert sum(t.isalpha() for t in r["summary"].split()) <= styles.MAX_SUMMARY_WORDS
+    records, report = jsonl.read_sft(generator.split_path(world, "sft", "test"))
+    assert report.n_kept == 40 and report.n_skipped == 0
+
+
+def test_comparison_files_in_openai_schema_with_noisy_labels(world):
+    rows = read_lines(generator.split_path(world, "comparisons", "train"))
+    assert len(rows) == 600
+    r = rows[0]
+    assert set(r) == {"info", "summaries", "choice", "worker", "batch", "split", "extra"}
+    assert set(r["info"]) == {"id", "post", "title", "subreddit"}
+    assert [set(s) for s in r["summaries"]] == [{"text", "policy", "note"}] * 2
+    assert r["split"] == "train" and 1 <= r["extra"]["confidence"] <= 9
+    names = {t.name for t in raters.RaterPopulation().types}
+    assert {row["worker"].rsplit("-", 1)[0] for row in rows} == names
+    for split, name in (("valid", "valid1"), ("test", "valid2")):
+        assert {x["split"] for x in read_lines(generator.split_path(world, "comparisons", split))} \
+            == {name}  # fmt: skip
+    # The reference summary wins more often than the noisier one, yet not always.
+    ref_wins = np.mean([row["summaries"][row["choice"]]["policy"] == "ref" for row in rows])
+    assert 0.55 < ref_wins < 0.9
+    # Labels are noisy draws with mean P*.
+    judge = raters.Judge()
+    p = judge.preference([x["info"]["post"] for x in rows],
+                         [x["summaries"][0]["text"] for x in rows],
+                         [x["summaries"][1]["text"] for x in rows])  # fmt: skip
+    choice = np.array([x["choice"] for x in rows])
+    assert abs(np.mean(choice == 0) - p.mean()) < 0.05
+    assert np.mean(choice[p > 0.9] == 0) > 0.85
+
+
+def test_prompts_and_post_uniqueness(world):
+    posts = collections.Counter()
+    ids = set()
+    for kind in ("sft", "comparisons"):
+        for split in generator.SPLITS:
+            for row in read_lines(generator.split_path(world, kind, split)):
+                info = row.get("info", row)
+                posts[info["post"]] += 1
+                ids.add(info["id"])
+    train_prompts = read_lines(generator.split_path(world, "prompts", "train"))
+    for row in train_prompts:
+        posts[row["post"]] += 1
+        assert set(row) == {"id", "subreddit", "title", "post"}
+    assert max(posts.values()) == 1  # no post text twice anywhere
+    test_prompts = read_lines(generator.split_path(world, "prompts", "test"))
+    sft_test = read_lines(generator.split_path(world, "sft", "test"))
+    assert [p["id"] for p in test_prompts] == [s["id"] for s in sft_test]
+    assert not {p["id"] for p in train_prompts} & {p["id"] for p in test_prompts}
+    assert len(generator.load_posts(world)) == len(ids) + len(train_prompts)
+
+
+def test_load_config_and_judge_for_world(world):
+    assert generator.load_config(world) == SMALL
+    judge = raters.Judge.for_world(world)
+    row = read_lines(generator.split_path(world, "sft", "test"))[0]
+    p = judge.preference([row["id"], row["post"]], [row["summary"]] * 2, ["", ""])
+    assert p[0] == p[1] > 0.99  # any reference beats empty text
+
+
+def test_ensure_world_is_lazy_cached_and_safe(tmp_path):
+    target = str(tmp_path / "lazy")
+    cfg = generator.WorldConfig(n_sft=(20, 5, 5), n_comparisons=(20, 5, 5), n_prompts_train=5)
+    assert generator.ensure_world(target, cfg) == target
+    stamp = os.path.getmtime(os.path.join(target, "world.json"))
+    generator.ensure_world(target, cfg)  # identical config: reused, not rewritten
+    assert os.path.getmtime(os.path.join(target, "world.json")) == stamp
+    bigger = generator.WorldConfig(n_sft=(30, 5, 5), n_comparisons=(20, 5, 5), n_prompts_train=5)
+    generator.ensure_world(target, bigger)  # stale cache: regenerated
+    assert len(read_lines(generator.split_path(target, "sft", "train"))) == 30
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".world-")] == []
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="holds no generated world"):
+        generator.ensure_world(str(foreign), cfg)
+
+
+def test_default_data_dir(monkeypatch):
+    monkeypatch.setenv("NLHF_DATA_DIR", "/somewhere/world")
+    assert generator.default_data_dir(3) == "/somewhere/world"
+    monkeypatch.delenv("NLHF_DATA_DIR")
+    assert generator.default_data_dir(3).endswith(os.path.join(".cache", "nlhf_jax", "world-3"))
+
+
+def test_generate_cli(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    argv = ["--generate", "--out", out, "--seed", "2", "--n-sft", "10", "2", "2",
+            "--n-comparisons", "10", "2", "2", "--n-prompts", "3"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "wrote 10 files" in capsys.readouterr().out
+    with open(os.path.join(out, "world.json")) as f:
+        meta = json.load(f)
+    assert meta["config"]["seed"] == 2 and meta["config"]["n_sft"] == [10, 2, 2]
+    assert cli.main(["--generate"]) == 2
