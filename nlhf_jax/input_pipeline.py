@@ -26,10 +26,12 @@ class ArrayDataset:
     Attributes:
       features: name -> array [N, ...].
       name: used in messages.
+      meta: name -> list of N host-side values (ids, raw texts); never batched.
     """
 
     features: Mapping[str, np.ndarray]
     name: str = "dataset"
+    meta: dict = dataclasses.field(default_factory=dict)  # per-example non-array data
 
     def __post_init__(self):
         sizes = {k: len(v) for k, v in self.features.items()}

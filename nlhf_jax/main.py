@@ -13,6 +13,7 @@ _COMMANDS = {
     "train": ("nlhf_jax.run_train", "train a model from gin files (SFT, PM, RM, policy)"),
     "tabular": ("nlhf_jax.tabular.cli", "run the tabular NLHF solvers on a game"),
     "world": ("nlhf_jax.data.world.cli", "generate or describe the embedded world"),
+    "evaluate": ("nlhf_jax.run_evaluate", "win-rate matrix of trained policies under a judge"),
     "demo": ("nlhf_jax.demo", "run the end-to-end demo on the embedded world"),
 }
 
