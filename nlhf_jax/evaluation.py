@@ -2,10 +2,11 @@
 
 The paper's result is a matrix of P(column policy > row policy) under a judge, each
 cell estimated on N prompts with one response per policy per prompt (§8, Tables 1-2).
-`win_rate_matrix` computes it with a 95% Clopper-Pearson interval per cell; for a
-probabilistic judge the interval is computed on one simulated Bernoulli verdict per
-comparison (a valid, conservative interval for the mean preference), and the reported
-point estimate is the exact mean of the judge's probabilities.
+`win_rate_matrix` computes it with a 95% Clopper-Pearson interval per cell. A judge
+that returns probabilities p_i (the world's raters, a preference model) is summarised
+by its mean, and the interval is Clopper-Pearson on round(sum p_i) successes out of N:
+since p_i lies in [0, 1], Var(p_i) <= mean(p) (1 - mean(p)), so the binomial interval
+is a conservative interval for E[p] (and exact for a 0/1 judge such as a human).
 """
 
 import dataclasses
@@ -40,8 +41,8 @@ class Comparison:
 
     Attributes:
       mean: the mean of the judge's probabilities (the estimate).
-      lo, hi: 95% Clopper-Pearson interval from simulated verdicts.
-      wins: simulated verdicts in favour of a (out of n).
+      lo, hi: 95% Clopper-Pearson interval.
+      wins: round(sum of probabilities), the successes of the interval (out of n).
       n: number of comparisons.
     """
 
@@ -54,9 +55,11 @@ class Comparison:
 
 def compare(probs: np.ndarray, seed: int = 0) -> Comparison:
     """Summarises judge probabilities P(a_i > b_i), i < N, into a Comparison."""
+    del seed  # deterministic: no simulated verdicts
     probs = np.asarray(probs, np.float64)
-    verdicts = np.random.default_rng(seed).random(len(probs)) < probs
-    wins = int(verdicts.sum())
+    if np.any((probs < 0) | (probs > 1)) or not np.all(np.isfinite(probs)):
+        raise ValueError(f"judge probabilities must lie in [0, 1]; got min {probs.min()}, max {probs.max()}")
+    wins = int(np.round(probs.sum()))
     lo, hi = clopper_pearson(wins, len(probs))
     return Comparison(float(probs.mean()), lo, hi, wins, len(probs))
 
@@ -139,6 +142,11 @@ def win_rate_matrix(
     out = {}
     for i, row in enumerate(names):
         for j, col in enumerate(names):
+            if i == j:  # a policy against itself: exactly 1/2 under an antisymmetric judge
+                n = len(posts)
+                lo, hi = clopper_pearson(n // 2, n)
+                out[(row, col)] = Comparison(0.5, lo, hi, n // 2, n)
+                continue
             if j < i:
                 mirrored = out[(col, row)]
                 out[(row, col)] = Comparison(1 - mirrored.mean, 1 - mirrored.hi, 1 - mirrored.lo,

@@ -59,9 +59,11 @@ def sample_policies(
     rules = partitioning.default_rules()
     ref = trainer.load_frozen(reference_dir, mesh, rules) if reference_dir else None
     out = []
-    for name, model_dir in policies:
+    for i, (name, model_dir) in enumerate(policies):
         _, net, params = trainer.load_frozen(model_dir, mesh, rules)
-        texts, toks, lens = evaluation.sample_texts(net, params, prompts, vocabulary, cfg, seed=seed)
+        # independent samples per policy (two copies of one policy are two samples)
+        texts, toks, lens = evaluation.sample_texts(net, params, prompts, vocabulary, cfg,
+                                                    seed=seed + 7919 * i)
         s = PolicySamples(name, model_dir, texts, toks, lens)
         if ref is not None:
             lp = jax.jit(lambda p, x, t, n, m=net: policy_lib.token_logprobs(m, p, x, t, n, cfg))
