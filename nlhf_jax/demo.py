@@ -1,64 +1,174 @@
-"""`nlhf demo` (= `make demo`): the most complete pipeline that works today.
+"""`nlhf demo` (= `make demo`): the whole NLHF pipeline on the embedded world.
 
-The end-to-end NLHF pipeline on the embedded world (data, SFT, preference and reward
-models, Nash-MD-PG / Nash-EMA-PG / RLHF, win-rate matrices) is still being built. Until
-it lands, the demo runs what does work, end to end, and says so:
+Stages, each an ordinary gin run (the exact `nlhf train` command is printed), each in
+its own directory under `--out` (default `runs/demo`):
 
-1. the tabular solvers on the paper's three-dice game (Nash-MD converges to the
-   regularised equilibrium, self-play cycles), with a convergence plot;
-2. supervised training of a small T5 on a synthetic sequence-reversal task, through
-   the real gin / mesh / checkpoint / metrics machinery (`nlhf train`), resuming if a
-   previous demo was interrupted.
+  world          generate the world and its vocabulary (seeded; cached)
+  sft            supervised fine-tuning -> the initial policy and the reference mu
+  pm, rm         preference model P(y > y' | x) and Bradley-Terry reward model
+  rlhf           REINFORCE on the RM with KL to mu (the baseline)
+  self_play      Nash-MD-PG, beta = 0
+  nash_md        Nash-MD-PG, beta = 0.125 (the paper's choice)
+  best_response  Nash-MD-PG, beta = 1
+  nash_ema       Nash-EMA-PG (and its averaged policy, nash_ema*)
+  evaluate       win-rate matrices under the world's raters P* and under P_tau,
+                 heatmaps, training curves, style table -> report.md
 
-Everything goes under `runs/demo/` (or --out).
+A finished stage leaves a DONE file and is skipped on rerun; a killed stage resumes
+from its own checkpoints. Presets: `quick` (default; about 20 minutes on 2 CPU cores)
+and `paper` (the paper's grid of beta, two EMA decays, more steps).
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
+import time
+from typing import Optional
 
-_NOTE = (
-    "NOTE: this is the interim demo. The full NLHF pipeline on the embedded world is not\n"
-    "built yet; this runs the tabular solvers and the SFT training machinery end to end."
-)
+# name -> extra gin bindings per stage. Model sizes and step counts are the only
+# differences between presets; algorithms and their hyper-parameters are the gin files'.
+_TINY_MODEL = [
+    "t5.T5Config.emb_dim = 64", "t5.T5Config.num_heads = 4", "t5.T5Config.head_dim = 16",
+    "t5.T5Config.mlp_dim = 128",
+]
+PRESETS = {
+    "quick": {
+        "sft": _TINY_MODEL + ["NUM_STEPS = 1500", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
+                              "train/arrays.world_sft.input_len = 80",
+                              "eval/arrays.world_sft.input_len = 80",
+                              "trainer.LoopConfig.eval_every = 0"],
+        "pm": ["NUM_STEPS = 800"],
+        "rm": ["NUM_STEPS = 800"],
+        "policy": ["NUM_STEPS = 120", "BATCH_SIZE = 32", "TAU = 0.008", "LEARNING_RATE = 3e-4",
+                   "arrays.world_prompts.input_len = 80"],
+        "policies": [("rlhf", "rlhf", []), ("self_play", "self_play", []),
+                     ("nash_md", "nash_md", []), ("best_response", "best_response", []),
+                     ("nash_ema", "nash_ema", ["BETA = 0.9"])],
+        "eval_prompts": 500,
+    },
+    "paper": {
+        "sft": ["NUM_STEPS = 4000", "LEARNING_RATE = 3e-3", "train/arrays.world_sft.input_len = 80",
+                "eval/arrays.world_sft.input_len = 80"],
+        "pm": ["NUM_STEPS = 3000"],
+        "rm": ["NUM_STEPS = 3000"],
+        "policy": ["NUM_STEPS = 600", "BATCH_SIZE = 32", "TAU = 0.008", "LEARNING_RATE = 3e-4",
+                   "arrays.world_prompts.input_len = 80"],
+        "policies": [("rlhf", "rlhf", [])]
+        + [(f"nash_md_{b:g}", "nash_md", [f"BETA = {b}"])
+           for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0)]
+        + [("nash_ema_0.999", "nash_ema", ["BETA = 0.999"]),
+           ("nash_ema_0.9995", "nash_ema", ["BETA = 0.9995"])],
+        "eval_prompts": 1000,
+    },
+}
+
+
+def _banner(text: str) -> None:
+    print(f"\n== {text} ==", flush=True)
+
+
+def _done(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "DONE"))
+
+
+def _mark_done(path: str, seconds: float) -> None:
+    with open(os.path.join(path, "DONE"), "w") as f:
+        json.dump({"seconds": round(seconds, 1)}, f)
+
+
+def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
+    """Runs one `nlhf train` stage in this process; returns its wall time."""
+    from nlhf_jax import run_train
+
+    args = [f"--gin_file={os.path.join(repo, gin_file)}", f"--gin.MODEL_DIR='{model_dir}'"]
+    args += [f"--gin_bindings={b}" for b in bindings]
+    shown = " ".join([f"--gin_file={gin_file}", f"--gin.MODEL_DIR=\\\"{model_dir}\\\""]
+                     + [f"--gin_bindings='{b}'" for b in bindings])
+    print(f"+ nlhf train {shown}", flush=True)
+    t = time.time()
+    rc = run_train.main(args)
+    if rc:
+        raise SystemExit(f"stage {model_dir} failed (exit {rc})")
+    return time.time() - t
 
 
 def main(argv) -> int:
     parser = argparse.ArgumentParser(prog="nlhf demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output directory")
-    parser.add_argument("--steps", type=int, default=300, help="SFT steps of the reversal task")
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    parser.add_argument("--world_seed", type=int, default=0)
+    parser.add_argument("--stop_after", default=None, help="stop after this stage (debugging)")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    print(_NOTE, flush=True)
-
-    from nlhf_jax.tabular import cli as tabular_cli
-
-    print("\n== 1/2 tabular NLHF on the three dice (App. C.1 of the paper) ==", flush=True)
-    plot = os.path.join(args.out, "tabular_dice.png")
-    rc = tabular_cli.main(["--game", "dice", "--plot", plot])
-    if rc:
-        return rc
-    print(f"plot: {plot}")
-
-    print("\n== 2/2 SFT of a small T5 on sequence reversal (nlhf train) ==", flush=True)
+    preset = PRESETS[args.preset]
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
     from nlhf_jax import run_train
 
     repo = run_train.REPO_ROOT
-    gin_file = os.path.join(repo, "configs", "experiments", "copy_sft.gin")
-    model_dir = os.path.abspath(os.path.join(args.out, "copy_sft"))
-    rc = run_train.main([f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{model_dir}'",
-                         f"--gin.NUM_STEPS={args.steps}"])
-    if rc:
-        return rc
-    from nlhf_jax import metrics
+    timings: dict[str, float] = {}
+    t_start = time.time()
 
-    rows = metrics.read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
-    evals = [r for r in rows if "eval/accuracy" in r]
-    if evals:
-        print(f"\nheld-out token accuracy of the reversal model: {evals[-1]['eval/accuracy']:.3f} "
-              f"(loss {evals[-1]['eval/loss']:.3f}) after {evals[-1]['step']} steps")
-    print(f"checkpoints, metrics.jsonl and TensorBoard files: {model_dir}")
-    print("\n" + _NOTE)
+    def stage(name: str, fn) -> None:
+        path = os.path.join(out, name)
+        if _done(path):
+            print(f"[skip] {name}: finished earlier ({path})", flush=True)
+            with open(os.path.join(path, "DONE")) as f:
+                timings[name] = json.load(f).get("seconds", 0.0)
+            return
+        _banner(name)
+        os.makedirs(path, exist_ok=True)
+        t = time.time()
+        fn(path)
+        timings[name] = time.time() - t
+        _mark_done(path, timings[name])
+        print(f"[done] {name} in {timings[name]:.0f} s", flush=True)
+        if args.stop_after == name:
+            raise SystemExit(0)
+
+    from nlhf_jax.data.world import generator
+
+    world_dir = os.path.join(out, "world")
+
+    def make_world(path):
+        generator.ensure_world(path, generator.WorldConfig(seed=args.world_seed))
+        from nlhf_jax.data.world import cli as world_cli
+
+        world_cli.main(["--describe", "--seed", str(args.world_seed)])
+
+    seed_bindings = [f"WORLD_SEED = {args.world_seed}"]
+    data_bindings = [f"arrays.world_sft.data_dir = '{world_dir}'"]
+    stage("world", make_world)
+    stage("sft", lambda p: _train("configs/experiments/world_sft.gin", p,
+                                  preset["sft"] + seed_bindings + data_bindings, repo))
+    sft_dir = os.path.join(out, "sft")
+    pm_common = [f"INIT_FROM = '{sft_dir}'", f"WORLD_DIR = '{world_dir}'"]
+    stage("pm", lambda p: _train("configs/experiments/world_pm.gin", p, preset["pm"] + pm_common, repo))
+    stage("rm", lambda p: _train("configs/experiments/world_rm.gin", p, preset["rm"] + pm_common, repo))
+    policy_common = preset["policy"] + seed_bindings + [
+        f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
+        f"vocab.world_vocabulary.data_dir = '{world_dir}'"]
+    names = ["sft"]
+    for name, gin_name, extra in preset["policies"]:
+        judge_dir = os.path.join(out, "rm" if gin_name == "rlhf" else "pm")
+        stage(name, lambda p, g=gin_name, e=extra, j=judge_dir: _train(
+            f"configs/experiments/world_{g}.gin", p, policy_common + e + [f"JUDGE_DIR = '{j}'"], repo))
+        names.append(name)
+        if gin_name == "nash_ema":
+            names.append(name + "*")
+
+    def evaluate(path):
+        from nlhf_jax import report
+
+        report.write_demo_report(out, path, names, world_dir, preset["eval_prompts"],
+                                 tau=0.008, timings=timings, preset=args.preset)
+
+    stage("evaluate", evaluate)
+    total = time.time() - t_start
+    print(f"\nreport: {os.path.join(out, 'evaluate', 'report.md')}  (this run: {total / 60:.1f} min)")
+    with open(os.path.join(out, "evaluate", "matrix_pstar", "matrix.md")) as f:
+        print(f.read())
     return 0
 
 

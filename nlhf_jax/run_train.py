@@ -204,6 +204,16 @@ def initialize_distributed(fv) -> None:
         jax.distributed.initialize()
 
 
+def entry_point():
+    """The configurable the gin files name as macro `RUN` (e.g. `run_pm.train_reward_model`),
+    or SFT's `train` when none is bound."""
+    try:
+        run = gin.query_parameter("%RUN")
+    except ValueError:
+        return gin.get_configurable(train)
+    return run.scoped_configurable_fn
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point of `nlhf train`."""
     fv = _flags()
@@ -219,7 +229,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     initialize_distributed(fv)
     parse_gin(fv.gin_file, fv.gin_bindings, fv.gin_search_path)
-    result = gin.get_configurable(train)()
+    result = entry_point()()
     if result.preempted:
         logging.warning("preempted: checkpoint saved; rerun the same command to resume")
     return 0

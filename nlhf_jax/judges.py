@@ -1,0 +1,442 @@
+"""Judges: one interface for P(y > y' | x), whoever answers it.
+
+Why this module exists: policy optimisation (Nash-MD-PG needs P(y > y' | x), RLHF a
+reward) and evaluation (win rates under the ground truth P*) ask the same question of
+different judges. Every judge here answers
+
+    prob(prompts, ys, ys_alt) -> float64 [B],  P(ys[b] > ys_alt[b] | prompts[b])
+
+on texts (prompts as the policy saw them, i.e. the TL;DR prompt; summaries as decoded
+text), and `prob_tokens(prompt_ids, y_ids, y_alt_ids, vocabulary)` on the policy's
+token ids. A model judge re-tokenises with its own vocabulary unless the policy's
+vocabulary is the same SentencePiece model (compared by serialized bytes), so one
+model's ids are never fed to another model with a different vocabulary.
+
+Implementations: `WorldJudge` (the embedded world's rater population P*, the stand-in
+for the paper's PaLM 2 judge), `PreferenceModelJudge` (a trained PM, both orders by
+default) and `RewardModelJudge` (sigmoid of a trained RM's reward difference). Model
+judges run jitted, with the batch sharded over the ('data', 'fsdp') mesh axes, in
+chunks of `chunk_size` pairs so memory stays bounded.
+
+`shift_check` measures how far each learned judge is from P* on pairs from another
+distribution than the one it was fitted on (paper §3.3: a Bradley-Terry reward
+depends on its sampling distribution; a preference model, ideally, does not).
+"""
+
+import functools
+import re
+from typing import Any, Optional, Protocol, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nlhf_jax import partitioning
+from nlhf_jax import types
+from nlhf_jax.data import pairwise
+from nlhf_jax.data import templates
+from nlhf_jax.models import preference
+from nlhf_jax.models import t5
+
+PyTree = types.PyTree
+IdRows = Any  # int array [B, L] or a list of id lists; EOS ends a row, 0 pads
+
+
+class Judge(Protocol):
+    """What the policy-optimisation loop and the evaluators call."""
+
+    def prob(self, prompts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str]) -> np.ndarray:
+        """P(ys[b] > ys_alt[b] | prompts[b]), float64 [B]."""
+
+    def prob_tokens(self, prompt_ids: IdRows, y_ids: IdRows, y_alt_ids: IdRows, vocabulary: Any) -> np.ndarray:
+        """`prob` on token ids of `vocabulary` (the policy's)."""
+
+
+_POST_RE = re.compile(r"POST:\s*(.*?)\s*(?:TL;DR:)?\s*$", re.DOTALL)
+
+
+def post_from_prompt(prompt: str) -> str:
+    """The post body inside a TL;DR prompt (`templates.tldr_prompt`), also after a
+    SentencePiece round trip (which turns the newlines into spaces); text without a
+    ``POST:`` marker is returned as it is (taken to be the post itself)."""
+    m = _POST_RE.search(prompt)
+    return m.group(1) if m else prompt
+
+
+class WorldJudge:
+    """The embedded world's ground-truth rater population P* (`raters.Judge`).
+
+    Prompts are mapped back to their post (the raters read the post body, not the
+    subreddit and title); posts may also be given as world post ids.
+    """
+
+    def __init__(self, data_dir: Optional[str] = None, rater=None):
+        from nlhf_jax.data.world import raters
+
+        if rater is None:
+            rater = raters.Judge.for_world(data_dir) if data_dir else raters.Judge()
+        self.rater = rater
+
+    def prob(self, prompts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str]) -> np.ndarray:
+        posts = [post_from_prompt(p) for p in prompts]
+        return np.asarray(self.rater.preference(posts, list(ys), list(ys_alt)), np.float64)
+
+    def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
+        tok = pairwise.Tokenizer(vocabulary)
+        return self.prob(tok.decode(prompt_ids), tok.decode(y_ids), tok.decode(y_alt_ids))
+
+
+class _ModelJudge:
+    """A PM or RM network with its input encoder, run jitted and sharded in chunks."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        params: PyTree,
+        encoder: pairwise.PairEncoder,
+        *,
+        mesh: Optional[jax.sharding.Mesh] = None,
+        rules: Optional[partitioning.LogicalRules] = None,
+        chunk_size: int = 256,
+    ):
+        self.network = network
+        self.encoder = encoder
+        self.mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig())
+        self.rules = list(rules) if rules is not None else partitioning.default_rules()
+        shards = self.mesh.shape[types.DATA] * self.mesh.shape[types.FSDP]
+        # Every call runs full chunks (one compilation), a multiple of the batch shards.
+        self.chunk_size = -(-max(chunk_size, 1) // shards) * shards
+        self.params = _place_params(network, params, self.mesh, self.rules)
+        self._batch_sharding = partitioning.batch_sharding(self.mesh, 2)
+        self._fn = jax.jit(
+            functools.partial(preference.pair_logits, network,
+                              target_token=encoder.target_token_id),
+            out_shardings=partitioning.replicated(self.mesh),
+        )  # fmt: skip
+
+    def pair_logits(self, inputs: np.ndarray, inputs_other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Target logits of two [B, K] input arrays, chunk by chunk: (float32 [B], [B])."""
+        n = len(inputs)
+        out_a, out_b = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            for start in range(0, n, self.chunk_size):
+                idx = np.arange(start, min(start + self.chunk_size, n))
+                real = len(idx)
+                # Padding rows repeat row 0 (an all-padding row would be a needless
+                # special case for the attention masks); their outputs are dropped.
+                idx = np.concatenate([idx, np.full(self.chunk_size - real, idx[0])])
+                a, b = jax.device_get(self._fn(
+                    self.params,
+                    jax.device_put(inputs[idx], self._batch_sharding),
+                    jax.device_put(inputs_other[idx], self._batch_sharding),
+                ))  # fmt: skip
+                out_a[start:start + real] = a[:real]
+                out_b[start:start + real] = b[:real]
+        return out_a, out_b
+
+    def _same_vocab(self, vocabulary) -> bool:
+        return self.encoder.tokenizer.same_model(vocabulary)
+
+
+class PreferenceModelJudge(_ModelJudge):
+    """A trained PM: f(x, y, y') = sigmoid(target logit of the input (x, y, y')).
+
+    Attributes:
+      both_orders: `prob` returns (f(x, y, y') + 1 - f(x, y', y)) / 2 (exactly
+        antisymmetric, 1/2 on identical summaries) instead of f(x, y, y').
+    """
+
+    def __init__(self, network, params, encoder, *, both_orders: bool = True, **kwargs):
+        if encoder.kind != pairwise.PREFERENCE:
+            raise ValueError("PreferenceModelJudge needs a preference-model input format")
+        super().__init__(network, params, encoder, **kwargs)
+        self.both_orders = both_orders
+
+    def scores_from_inputs(self, inputs: np.ndarray, inputs_swapped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(f(x, y, y'), f(x, y', y)) as float64 [B] each, from encoded inputs."""
+        z, z_swapped = self.pair_logits(inputs, inputs_swapped)
+        return preference.sigmoid(z), preference.sigmoid(z_swapped)
+
+    def scores(self, prompts, ys, ys_alt) -> tuple[np.ndarray, np.ndarray]:
+        """(f(x, y, y'), f(x, y', y)) as float64 [B] each, from texts."""
+        enc = self.encoder
+        return self.scores_from_inputs(enc.encode_texts(prompts, ys, ys_alt),
+                                       enc.encode_texts(prompts, ys_alt, ys))  # fmt: skip
+
+    def combine(self, f: np.ndarray, f_swapped: np.ndarray) -> np.ndarray:
+        """What `prob` returns given both orders' scores."""
+        return preference.both_orders(f, f_swapped) if self.both_orders else f
+
+    def prob(self, prompts, ys, ys_alt) -> np.ndarray:
+        return self.combine(*self.scores(prompts, ys, ys_alt))
+
+    def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
+        if not self._same_vocab(vocabulary):
+            tok = pairwise.Tokenizer(vocabulary)
+            return self.prob(tok.decode(prompt_ids), tok.decode(y_ids), tok.decode(y_alt_ids))
+        enc = self.encoder
+        return self.combine(*self.scores_from_inputs(
+            enc.encode_ids(prompt_ids, y_ids, y_alt_ids), enc.encode_ids(prompt_ids, y_alt_ids, y_ids)
+        ))  # fmt: skip
+
+
+class RewardModelJudge(_ModelJudge):
+    """A trained RM: P(y > y' | x) = sigmoid(r(x, y) - r(x, y'))."""
+
+    def __init__(self, network, params, encoder, **kwargs):
+        if encoder.kind != pairwise.REWARD:
+            raise ValueError("RewardModelJudge needs a reward-model input format")
+        super().__init__(network, params, encoder, **kwargs)
+
+    def rewards(self, prompts: Sequence[str], ys: Sequence[str]) -> np.ndarray:
+        """r(x, y), float32 [B] (for RLHF)."""
+        inputs = self.encoder.encode_texts(prompts, ys)
+        return self.pair_logits(inputs, inputs)[0]
+
+    def prob_from_inputs(self, inputs: np.ndarray, inputs_alt: np.ndarray) -> np.ndarray:
+        """sigmoid(r(x, y) - r(x, y')) from encoded inputs (x, y) and (x, y'), [B, K] each."""
+        return preference.bradley_terry(*self.pair_logits(inputs, inputs_alt))
+
+    def prob(self, prompts, ys, ys_alt) -> np.ndarray:
+        enc = self.encoder
+        return self.prob_from_inputs(enc.encode_texts(prompts, ys), enc.encode_texts(prompts, ys_alt))
+
+    def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
+        if not self._same_vocab(vocabulary):
+            tok = pairwise.Tokenizer(vocabulary)
+            return self.prob(tok.decode(prompt_ids), tok.decode(y_ids), tok.decode(y_alt_ids))
+        enc = self.encoder
+        return self.prob_from_inputs(enc.encode_ids(prompt_ids, y_ids), enc.encode_ids(prompt_ids, y_alt_ids))
+
+
+def _place_params(network, params, mesh, rules) -> PyTree:
+    """Puts `params` into the shardings the logical rules give them on `mesh`."""
+    init = lambda rng: t5.init_variables(network, rng)["params"]  # noqa: E731
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init, jax.random.key(0))
+        shardings = partitioning.logical_shardings(boxed, mesh, rules)
+    return jax.tree_util.tree_map(lambda x, s: jax.device_put(jnp.asarray(x), s), params, shardings)
+
+
+def load_judge(
+    model_dir: str,
+    *,
+    mesh: Optional[jax.sharding.Mesh] = None,
+    rules: Optional[partitioning.LogicalRules] = None,
+    chunk_size: int = 256,
+    both_orders: bool = True,
+):
+    """A PM or RM judge from a finished run's directory alone.
+
+    Reads `judge.json` (input format, target token, vocabulary copy), then
+    `model_config.json` and the latest checkpoint's parameters (`trainer.load_frozen`).
+
+    Args:
+      model_dir: the run's directory.
+      mesh, rules: where the model runs (default: all devices on the fsdp axis).
+      chunk_size: pairs per forward pass.
+      both_orders: PM only (see `PreferenceModelJudge`).
+
+    Returns:
+      A `PreferenceModelJudge` or a `RewardModelJudge`.
+    """
+    from nlhf_jax import trainer
+
+    spec, encoder = pairwise.load_judge_spec(model_dir)
+    mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig())
+    rules = list(rules) if rules is not None else partitioning.default_rules()
+    _, network, params = trainer.load_frozen(model_dir, mesh, rules)
+    kwargs = dict(mesh=mesh, rules=rules, chunk_size=chunk_size)
+    if spec["kind"] == pairwise.PREFERENCE:
+        return PreferenceModelJudge(network, params, encoder, both_orders=both_orders, **kwargs)
+    return RewardModelJudge(network, params, encoder, **kwargs)
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def _clip(p: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(p, np.float64), 1e-7, 1.0 - 1e-7)
+
+
+def _agreement(p: np.ndarray, target: np.ndarray) -> float:
+    """Mean expected agreement of the decision p > 1/2 with target probabilities."""
+    return float(np.mean(np.where(p > 0.5, target, np.where(p < 0.5, 1.0 - target, 0.5))))
+
+
+def expected_calibration_error(p: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
+    """sum_b (n_b / N) |mean label_b - mean p_b| over `n_bins` equal-width bins of p."""
+    p, labels = np.asarray(p, np.float64), np.asarray(labels, np.float64)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(labels[sel].mean() - p[sel].mean())
+    return float(ece)
+
+
+def preference_metrics(
+    p: np.ndarray,
+    *,
+    labels: Optional[np.ndarray] = None,
+    p_star: Optional[np.ndarray] = None,
+    f: Optional[np.ndarray] = None,
+    f_swapped: Optional[np.ndarray] = None,
+) -> dict[str, float]:
+    """How good a judge's probabilities are.
+
+    Args:
+      p: float [N], the judge's P(y > y').
+      labels: float [N] in [0, 1], human labels (1 = y preferred).
+      p_star: float [N], the ground truth P* (embedded world only).
+      f, f_swapped: a PM's one-order scores f(x, y, y') and f(x, y', y), for the
+        position bias.
+
+    Returns:
+      loss (cross-entropy vs labels), accuracy (vs labels), ece (vs labels),
+      bayes_accuracy (accuracy of P*'s decision vs labels: the best any judge can do),
+      bayes_agreement (p's decision vs P*'s), pstar_logloss (cross-entropy of p
+      against the target P*), pstar_entropy (its floor, reached at p = P*),
+      pstar_mae (mean |p - P*|), position_bias (mean |f(x,y,y') - (1 - f(x,y',y))|).
+    """
+    p = np.asarray(p, np.float64)
+    pc = _clip(p)
+    out: dict[str, float] = {"prob_mean": float(p.mean())}
+    if labels is not None:
+        labels = np.asarray(labels, np.float64)
+        out["loss"] = float(-np.mean(labels * np.log(pc) + (1 - labels) * np.log(1 - pc)))
+        out["accuracy"] = _agreement(p, labels)
+        out["ece"] = expected_calibration_error(p, labels)
+    if p_star is not None:
+        ps = np.asarray(p_star, np.float64)
+        bayes = np.where(ps > 0.5, 1.0, np.where(ps < 0.5, 0.0, 0.5))
+        psc = _clip(ps)
+        out["bayes_agreement"] = _agreement(p, bayes)
+        out["pstar_logloss"] = float(-np.mean(ps * np.log(pc) + (1 - ps) * np.log(1 - pc)))
+        out["pstar_entropy"] = float(-np.mean(ps * np.log(psc) + (1 - ps) * np.log(1 - psc)))
+        out["pstar_mae"] = float(np.mean(np.abs(p - ps)))
+        if labels is not None:
+            out["bayes_accuracy"] = _agreement(ps, labels)
+    if f is not None and f_swapped is not None:
+        out["position_bias"] = float(np.mean(np.abs(np.asarray(f) - (1.0 - np.asarray(f_swapped)))))
+    return out
+
+
+def evaluate_inputs(
+    judge, features: dict[str, np.ndarray], labels: np.ndarray, p_star: Optional[np.ndarray] = None
+) -> dict[str, float]:
+    """`preference_metrics` of a model judge on encoded comparisons.
+
+    A PM judge is scored as it will be used (both orders if it is set so); its
+    one-order f is reported too (`f_accuracy`, `f_loss`), with the position bias.
+
+    Args:
+      judge: a `PreferenceModelJudge` or `RewardModelJudge`.
+      features: `pairwise.preference_features` / `reward_features` of the pairs.
+      labels, p_star: float [N] (see `preference_metrics`).
+    """
+    if isinstance(judge, PreferenceModelJudge):
+        f, f_swapped = judge.scores_from_inputs(features["inputs"], features["inputs_swapped"])
+        out = preference_metrics(judge.combine(f, f_swapped), labels=labels, p_star=p_star,
+                                 f=f, f_swapped=f_swapped)  # fmt: skip
+        one = preference_metrics(f, labels=labels)
+        out.update(f_accuracy=one["accuracy"], f_loss=one["loss"])
+        return out
+    p = judge.prob_from_inputs(features["inputs"], features["inputs_alt"])
+    return preference_metrics(p, labels=labels, p_star=p_star)
+
+
+def evaluate_texts(judge, texts: pairwise.ComparisonTexts) -> dict[str, float]:
+    """`evaluate_inputs` on labelled comparison texts (e.g. a test split)."""
+    build = (pairwise.preference_features if isinstance(judge, PreferenceModelJudge)
+             else pairwise.reward_features)  # fmt: skip
+    return evaluate_inputs(judge, build(judge.encoder, texts), texts.labels, texts.p_star)
+
+
+# ------------------------------------------------------------- distribution shift
+
+
+def shifted_pairs(
+    n: int,
+    seed: int = 1234,
+    style_mix: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+    quality_mix: Sequence[float] = (1.0, 0.0, 0.0),
+) -> tuple[list[str], list[str], list[str]]:
+    """Pairs of world summaries from another distribution than the comparison data.
+
+    The comparison data pair a reference summary with a noisier one, both in the SFT
+    style mix. By default these pairs are two independent summaries of fresh posts
+    with styles drawn uniformly and both faithful, so they differ in style only: the
+    part of P* on which the rater types disagree (and which no reward represents).
+
+    Args:
+      n: number of pairs.
+      seed: numpy seed (fresh posts come from their own stream).
+      style_mix: distribution over `styles.STYLES` of each summary.
+      quality_mix: distribution over `styles.QUALITIES` of each summary.
+
+    Returns:
+      (prompts (TL;DR prompt texts), ys, ys_alt), n each.
+    """
+    from nlhf_jax.data.world import grammar, styles
+
+    rng = np.random.default_rng([seed, 7])
+    prompts, ys, ys_alt = [], [], []
+    for i in range(n):
+        post = grammar.sample_post(rng, f"shift-{seed}-{i:06d}")
+        prompts.append(templates.tldr_prompt(post.subreddit, post.title, post.text))
+        ys.append(styles.sample_summary(rng, post, style_mix, quality_mix)[0])
+        ys_alt.append(styles.sample_summary(rng, post, style_mix, quality_mix)[0])
+    return prompts, ys, ys_alt
+
+
+def shift_check(
+    pm_judge, rm_judge, world_judge, prompts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str]
+) -> dict[str, float]:
+    """Agreement of a PM judge and an RM judge with P* on the given pairs.
+
+    Call it with pairs from another distribution than training (`shifted_pairs`, or
+    policy samples): paper §3.3 predicts the Bradley-Terry reward's fit to P* depends
+    on where its training pairs came from, the preference model's much less.
+
+    Args:
+      pm_judge, rm_judge: judges (any `Judge`; either may be None).
+      world_judge: the ground truth (`WorldJudge`).
+      prompts, ys, ys_alt: the pairs (prompts as the policy saw them).
+
+    Returns:
+      {"pm/..", "rm/.."}: pstar_logloss, pstar_entropy, pstar_mae, bayes_agreement;
+      and "n_pairs", "pstar_decisive" (share of pairs with |P* - 1/2| > 0.1).
+    """
+    p_star = world_judge.prob(prompts, ys, ys_alt)
+    out = {"n_pairs": float(len(ys)), "pstar_decisive": float(np.mean(np.abs(p_star - 0.5) > 0.1))}
+    for name, judge in (("pm", pm_judge), ("rm", rm_judge)):
+        if judge is None:
+            continue
+        m = preference_metrics(judge.prob(prompts, ys, ys_alt), p_star=p_star)
+        out.update({f"{name}/{k}": v for k, v in m.items() if k != "prob_mean"})
+    return out
+
+
+def world_shift_report(
+    pm_dir: str,
+    rm_dir: str,
+    data_dir: Optional[str] = None,
+    n_pairs: int = 1000,
+    seed: int = 1234,
+    **pair_kwargs,
+) -> dict[str, float]:
+    """`shift_check` of two finished runs on `shifted_pairs` of the world (for the demo).
+
+    Args:
+      pm_dir, rm_dir: model directories of a PM run and an RM run.
+      data_dir: the world whose rater population is P* (None: the default world).
+      n_pairs, seed, **pair_kwargs: see `shifted_pairs`.
+    """
+    from nlhf_jax.data.world import generator
+
+    world = WorldJudge(data_dir or generator.ensure_world())
+    pairs = shifted_pairs(n_pairs, seed, **pair_kwargs)
+    return shift_check(load_judge(pm_dir), load_judge(rm_dir), world, *pairs)

@@ -1,0 +1,111 @@
+"""Preference and reward heads on the T5 encoder-decoder: one logit per input.
+
+Why this module exists: the paper's preference model P_phi(y > y' | x) and reward
+model r_phi(x, y) are both the plain encoder-decoder, read at one designated target
+token of the first decoder position (decoder input = [0]); App. G.1, spec §6.2. No new
+parameters are added, so a PM or RM starts from an SFT run or a converted HF T5
+checkpoint with `restore_mode="params_only"`, and its parameters shard by the same
+rules as every other T5.
+
+* PM: P_phi(y > y' | x) = sigmoid(logit of the target token), the input holding x, y
+  and y' (`data/pairwise.py`). A learned f is not antisymmetric, so the judge can score
+  both orders: (f(x, y, y') + 1 - f(x, y', y)) / 2 (`both_orders`), which is exactly
+  antisymmetric and 1/2 on y = y'.
+* RM: r_phi(x, y) = the target token's logit itself, the input holding x and y;
+  P_BT(y > y' | x) = sigmoid(r(x, y) - r(x, y')).
+"""
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nlhf_jax import types
+
+Array = types.Array
+PyTree = types.PyTree
+
+
+def target_logits(
+    network: nn.Module,
+    params: PyTree,
+    encoder_input_tokens: Array,
+    target_token: int,
+    *,
+    enable_dropout: bool = False,
+    rng: Optional[Array] = None,
+) -> Array:
+    """The target token's logit at the first decoder position.
+
+    Args:
+      network: a `t5.EncoderDecoder`.
+      params: its parameters.
+      encoder_input_tokens: int [B, K] inputs written by `pairwise.PairEncoder`.
+      target_token: the designated token id.
+      enable_dropout: training mode (needs `rng`).
+      rng: the dropout key.
+
+    Returns:
+      float32 [B]: the PM's preference logit or the RM's reward.
+    """
+    batch = encoder_input_tokens.shape[0]
+    decoder_input = jnp.full((batch, 1), types.PAD_ID, jnp.int32)  # the start token
+    rngs = {"dropout": rng} if enable_dropout else None
+    logits = network.apply(
+        {"params": params}, encoder_input_tokens, decoder_input,
+        enable_dropout=enable_dropout, rngs=rngs,
+    )  # fmt: skip
+    return logits[:, 0, target_token].astype(jnp.float32)
+
+
+def pair_logits(
+    network: nn.Module,
+    params: PyTree,
+    inputs: Array,
+    inputs_other: Array,
+    target_token: int,
+) -> tuple[Array, Array]:
+    """Target logits of two input batches in one forward pass (no dropout).
+
+    For the PM: (x, y, y') and (x, y', y), the two orders. For the RM: (x, y) and
+    (x, y'), the two rewards.
+
+    Args:
+      inputs, inputs_other: int [B, K] each.
+
+    Returns:
+      (float32 [B], float32 [B]).
+    """
+    both = jnp.concatenate([inputs, inputs_other], axis=0)
+    z = target_logits(network, params, both, target_token)
+    return z[: inputs.shape[0]], z[inputs.shape[0]:]
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """float64 sigmoid written as (1 + tanh(z / 2)) / 2: odd in floating point, so
+    sigmoid(-z) = 1 - sigmoid(z) to one rounding and sigmoid(0) = 1/2 exactly."""
+    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(z, np.float64))
+
+
+def both_orders(p_forward: np.ndarray, p_backward: np.ndarray) -> np.ndarray:
+    """(f(x, y, y') + 1 - f(x, y', y)) / 2, written as 1/2 + (f - f_swapped) / 2.
+
+    The difference changes sign exactly when the orders are exchanged, so the result
+    is antisymmetric to one rounding and exactly 1/2 when both scores are equal.
+
+    Args:
+      p_forward: float [B], f(x, y, y').
+      p_backward: float [B], f(x, y', y).
+
+    Returns:
+      float64 [B].
+    """
+    d = np.asarray(p_forward, np.float64) - np.asarray(p_backward, np.float64)
+    return 0.5 + 0.5 * d
+
+
+def bradley_terry(r: np.ndarray, r_alt: np.ndarray) -> np.ndarray:
+    """P_BT(y > y') = sigmoid(r(y) - r(y')), float64 [B] (antisymmetric, 1/2 on ties)."""
+    return sigmoid(np.asarray(r, np.float64) - np.asarray(r_alt, np.float64))
