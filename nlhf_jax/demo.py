@@ -39,7 +39,7 @@ PRESETS = {
                               "train/arrays.world_sft.input_len = 80",
                               "eval/arrays.world_sft.input_len = 80",
                               "trainer.LoopConfig.eval_every = 0"],
-        "pm": ["NUM_STEPS = 800"],
+        "pm": ["NUM_STEPS = 1000"],
         "rm": ["NUM_STEPS = 800"],
         "policy": ["NUM_STEPS = 120", "BATCH_SIZE = 32", "TAU = 0.008", "LEARNING_RATE = 3e-4",
                    "arrays.world_prompts.input_len = 80"],
@@ -143,7 +143,7 @@ def main(argv) -> int:
     stage("sft", lambda p: _train("configs/experiments/world_sft.gin", p,
                                   preset["sft"] + seed_bindings + data_bindings, repo))
     sft_dir = os.path.join(out, "sft")
-    pm_common = [f"INIT_FROM = '{sft_dir}'", f"WORLD_DIR = '{world_dir}'"]
+    pm_common = [f"pairwise.world_data.data_dir = '{world_dir}'"]
     stage("pm", lambda p: _train("configs/experiments/world_pm.gin", p, preset["pm"] + pm_common, repo))
     stage("rm", lambda p: _train("configs/experiments/world_rm.gin", p, preset["rm"] + pm_common, repo))
     policy_common = preset["policy"] + seed_bindings + [

@@ -83,8 +83,8 @@ class WorldJudge:
         return np.asarray(self.rater.preference(posts, list(ys), list(ys_alt)), np.float64)
 
     def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
-        tok = pairwise.Tokenizer(vocabulary)
-        return self.prob(tok.decode(prompt_ids), tok.decode(y_ids), tok.decode(y_alt_ids))
+        texts = [pairwise.decode_rows(vocabulary, r) for r in (prompt_ids, y_ids, y_alt_ids)]
+        return self.prob(*texts)
 
 
 class _ModelJudge:
@@ -173,8 +173,8 @@ class PreferenceModelJudge(_ModelJudge):
 
     def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
         if not self._same_vocab(vocabulary):
-            tok = pairwise.Tokenizer(vocabulary)
-            return self.prob(tok.decode(prompt_ids), tok.decode(y_ids), tok.decode(y_alt_ids))
+            texts = [pairwise.decode_rows(vocabulary, r) for r in (prompt_ids, y_ids, y_alt_ids)]
+            return self.prob(*texts)
         enc = self.encoder
         return self.combine(*self.scores_from_inputs(
             enc.encode_ids(prompt_ids, y_ids, y_alt_ids), enc.encode_ids(prompt_ids, y_alt_ids, y_ids)
@@ -204,8 +204,8 @@ class RewardModelJudge(_ModelJudge):
 
     def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
         if not self._same_vocab(vocabulary):
-            tok = pairwise.Tokenizer(vocabulary)
-            return self.prob(tok.decode(prompt_ids), tok.decode(y_ids), tok.decode(y_alt_ids))
+            texts = [pairwise.decode_rows(vocabulary, r) for r in (prompt_ids, y_ids, y_alt_ids)]
+            return self.prob(*texts)
         enc = self.encoder
         return self.prob_from_inputs(enc.encode_ids(prompt_ids, y_ids), enc.encode_ids(prompt_ids, y_alt_ids))
 

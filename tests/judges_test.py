@@ -14,6 +14,7 @@ from nlhf_jax import partitioning
 from nlhf_jax import testing
 from nlhf_jax.data import pairwise
 from nlhf_jax.data import templates
+from nlhf_jax.data import vocab
 from nlhf_jax.data.world import generator, parser, raters
 from nlhf_jax.models import t5
 
@@ -187,6 +188,12 @@ def test_prob_tokens_skips_or_redoes_tokenisation(pm, rm, texts, tokenizer, worl
     assert pm.encoder.tokenizer.same_model(same)
     np.testing.assert_allclose(pm.prob_tokens(*ids, same), want_pm, atol=1e-6)
     np.testing.assert_allclose(rm.prob_tokens(*ids, same), want_rm, atol=1e-6)
+    # ... also when the policy's vocabulary is a seqio one over the same file
+    seqio_vocab = vocab.world_vocabulary(world)
+    assert pm.encoder.tokenizer.same_model(seqio_vocab)
+    np.testing.assert_allclose(pm.prob_tokens(*ids, seqio_vocab), want_pm, atol=1e-6)
+    np.testing.assert_allclose(judges.WorldJudge(world).prob_tokens(*ids, seqio_vocab),
+                               texts.p_star, atol=1e-12)  # fmt: skip
     # another vocabulary: its ids are decoded and re-tokenised, never fed to the model
     other_dir = str(tmp_path / "other")
     generator.generate(dataclasses.replace(SMALL, seed=3), other_dir)

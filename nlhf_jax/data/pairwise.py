@@ -104,19 +104,21 @@ class InputFormat:
 class Tokenizer:
     """A SentencePiece model, identified by its serialized bytes.
 
-    Accepts a `seqio.SentencePieceVocabulary`, a path to a ``.model`` file, serialized
-    model bytes, or another `Tokenizer`.
+    Accepts a `seqio.SentencePieceVocabulary` (its model file; T5's extra ids come
+    after the pieces and do not change the ids of text), a path to a ``.model`` file,
+    serialized model bytes, or another `Tokenizer`.
     """
 
     def __init__(self, vocabulary: Any):
+        path = getattr(vocabulary, "sentencepiece_model_file", None)  # seqio
         if isinstance(vocabulary, Tokenizer):
             proto = vocabulary.model_bytes
         elif isinstance(vocabulary, bytes):
             proto = vocabulary
-        elif isinstance(vocabulary, (str, os.PathLike)):
-            with open(vocabulary, "rb") as f:
+        elif isinstance(vocabulary, (str, os.PathLike)) or path:
+            with open(path or vocabulary, "rb") as f:
                 proto = f.read()
-        elif hasattr(vocabulary, "sp_model"):  # seqio.SentencePieceVocabulary
+        elif hasattr(vocabulary, "sp_model"):  # a seqio vocabulary built from bytes
             proto = vocabulary.sp_model
         else:
             raise TypeError(f"not a SentencePiece vocabulary: {type(vocabulary).__name__}")
@@ -159,6 +161,17 @@ class Tokenizer:
                 f"(it encodes to {pieces}); choose another InputFormat.target_token"
             )
         return int(ids[0])
+
+
+def decode_rows(vocabulary: Any, rows: IdRows) -> list[str]:
+    """Id rows of `vocabulary` (EOS ends a row, padding is dropped) -> texts.
+
+    A seqio vocabulary decodes itself (it knows its extra ids); anything else goes
+    through `Tokenizer`.
+    """
+    if isinstance(vocabulary, (Tokenizer, bytes, str, os.PathLike)):
+        return Tokenizer(vocabulary).decode(rows)
+    return [vocabulary.decode(strip_ids(r)) for r in rows]
 
 
 def strip_ids(row: Sequence[int]) -> list[int]:
