@@ -88,9 +88,13 @@ def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
                      + [f"--gin_bindings='{b}'" for b in bindings])
     print(f"+ nlhf train {shown}", flush=True)
     t = time.time()
-    rc = run_train.main(args)
+    rc, result = run_train.run_cli(args)
     if rc:
         raise SystemExit(f"stage {model_dir} failed (exit {rc})")
+    if result is not None and getattr(result, "preempted", False):
+        # SIGTERM: the stage saved a checkpoint; it is not finished, so no DONE file.
+        print(f"interrupted during {model_dir}; rerun `nlhf demo` to resume", flush=True)
+        raise SystemExit(0)
     return time.time() - t
 
 

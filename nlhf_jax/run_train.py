@@ -216,20 +216,26 @@ def entry_point():
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of `nlhf train`."""
+    rc, _ = run_cli(argv)
+    return rc
+
+
+def run_cli(argv: Sequence[str]):
+    """`nlhf train` for callers that need the result: returns (exit code, LoopResult or None)."""
     fv = _flags()
     try:
         fv(["nlhf train", *rewrite_gin_args(argv)])
     except Exception as e:  # absl's flag errors
         print(f"nlhf train: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     logging.basicConfig(level=getattr(logging, fv.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(message)s")
     if not fv.gin_file:
         print("nlhf train: give at least one --gin_file", file=sys.stderr)
-        return 2
+        return 2, None
     initialize_distributed(fv)
     parse_gin(fv.gin_file, fv.gin_bindings, fv.gin_search_path)
     result = entry_point()()
     if result.preempted:
         logging.warning("preempted: checkpoint saved; rerun the same command to resume")
-    return 0
+    return 0, result
