@@ -111,7 +111,8 @@ class _ModelJudge:
         self._batch_sharding = partitioning.batch_sharding(self.mesh, 2)
         self._fn = jax.jit(
             functools.partial(preference.pair_logits, network,
-                              target_token=encoder.target_token_id),
+                              target_token=encoder.target_token_id,
+                              decoder_len=encoder.decoder_len),
             out_shardings=partitioning.replicated(self.mesh),
         )  # fmt: skip
 

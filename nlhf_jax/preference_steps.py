@@ -134,8 +134,11 @@ def pm_loss_fn(
     model: nn.Module,
     target_token: int,
     cfg: PreferenceStepConfig,
+    decoder_len: int = 0,
 ) -> tuple[Array, dict[str, Array]]:
     """Summed PM cross-entropy (App. G.1), one or both orders per pair.
+
+    `decoder_len`: the inputs' decoder columns (`InputFormat.decoder_template`).
 
     Why both orders: a one-input PM can tell y from y' only by their positions, which
     a small T5 trained from scratch learns slowly (a pretrained T5 already can). Until
@@ -153,7 +156,8 @@ def pm_loss_fn(
     if cfg.both_orders:
         both = jnp.concatenate([batch["inputs"], batch["inputs_swapped"]], axis=0)
         z_both = preference.target_logits(
-            model, params, both, target_token, enable_dropout=True, rng=dropout_rng
+            model, params, both, target_token, enable_dropout=True, rng=dropout_rng,
+            decoder_len=decoder_len,
         )
         n = labels.shape[0]
         z, z_swapped = z_both[:n], z_both[n:]
@@ -172,7 +176,8 @@ def pm_loss_fn(
         if "p_star" in batch:
             batch["p_star"] = jnp.where(swap, 1.0 - batch["p_star"], batch["p_star"])
     z = preference.target_logits(
-        model, params, inputs, target_token, enable_dropout=True, rng=dropout_rng
+        model, params, inputs, target_token, enable_dropout=True, rng=dropout_rng,
+        decoder_len=decoder_len,
     )
     return jnp.sum(logistic_loss(z, labels)), _aux(z, labels, batch)
 
@@ -187,24 +192,28 @@ def pm_train_step(
     target_token: int,
     cfg: PreferenceStepConfig = PreferenceStepConfig(),
     learning_rate_fn: Optional[Callable[[Array], Array]] = None,
+    decoder_len: int = 0,
 ) -> tuple[train_state_lib.TrainState, Metrics]:
     """One PM update. Metrics: pm/loss, pm/accuracy, pm/prob_mean, with both orders
     pm/position_bias, on the world pm/bayes_agreement and pm/pstar_logloss; opt/*."""
-    loss_fn = functools.partial(pm_loss_fn, model=model, target_token=target_token, cfg=cfg)
+    loss_fn = functools.partial(pm_loss_fn, model=model, target_token=target_token, cfg=cfg,
+                                decoder_len=decoder_len)
     return steps.normalised_step(
         state, batch, rng, loss_fn=loss_fn, tx=tx, num_microbatches=cfg.num_microbatches,
         prefix="pm", learning_rate_fn=learning_rate_fn,
     )  # fmt: skip
 
 
-def pm_eval_step(params: PyTree, batch: Batch, *, model: nn.Module, target_token: int) -> Metrics:
+def pm_eval_step(
+    params: PyTree, batch: Batch, *, model: nn.Module, target_token: int, decoder_len: int = 0
+) -> Metrics:
     """Both orders' logits of every row, for the host-side metrics.
 
     Returns:
       logits float32 [B] (of (x, y, y')), logits_swapped float32 [B] (of (x, y', y)).
     """
     z, z_swapped = preference.pair_logits(
-        model, params, batch["inputs"], batch["inputs_swapped"], target_token
+        model, params, batch["inputs"], batch["inputs_swapped"], target_token, decoder_len
     )
     return {"logits": z, "logits_swapped": z_swapped}
 

@@ -54,7 +54,7 @@ def train_preference_model(
       loop: steps, batch size, seed, logging and evaluation cadence.
       input_format: template (with {y_alt}), target token and lengths.
       optimizer: optax optimizer and schedule.
-      step: order-swap augmentation and microbatching.
+      step: order handling (random swaps or both orders) and microbatching.
       mesh: `(data, fsdp, model)` sizes.
       rules: logical axis rules (default: `partitioning.default_rules()`).
       checkpoint: saving cadence and the initial checkpoint (an SFT run or a HF T5
@@ -147,10 +147,11 @@ def _train(
     logging.info("%s", how)
 
     # ---- one jitted step
+    extra = {"decoder_len": encoder.decoder_len} if kind == pairwise.PREFERENCE else {}
     step_fn = functools.partial(
         preference_steps.pm_train_step if kind == pairwise.PREFERENCE else preference_steps.rm_train_step,
         model=network, tx=tx, target_token=encoder.target_token_id, cfg=step,
-        learning_rate_fn=optimizer.schedule.build(),
+        learning_rate_fn=optimizer.schedule.build(), **extra,
     )  # fmt: skip
     jitted = trainer.jit_step(step_fn, shardings, dataset.batch(0, loop.batch_size), mesh_)
 

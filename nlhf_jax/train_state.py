@@ -52,15 +52,22 @@ class ScheduleConfig:
 
     Attributes:
       kind: "constant", "linear_warmup" (linear from 0 to `base` over `warmup_steps`,
-        then constant) or "rsqrt" (T5X default: base / sqrt(max(step, warmup_steps)),
-        so `base` = 1.0 gives 0.01 for the first 10k steps).
+        then constant), "warmup_cosine" (the same warm-up, then a cosine decay to
+        `end_fraction * base` at step `decay_steps`, constant after) or "rsqrt" (T5X
+        default: base / sqrt(max(step, warmup_steps)), so `base` = 1.0 gives 0.01 for
+        the first 10k steps).
       base: peak (or rsqrt numerator) learning rate.
       warmup_steps: length of the warm-up / constant rsqrt plateau.
+      decay_steps: "warmup_cosine" only: the step at which the decay ends (usually the
+        run's number of steps); must exceed `warmup_steps`.
+      end_fraction: "warmup_cosine" only: final learning rate as a fraction of `base`.
     """
 
     kind: str = "constant"
     base: float = 1e-3
     warmup_steps: int = 0
+    decay_steps: int = 0
+    end_fraction: float = 0.0
 
     def build(self) -> optax.Schedule:
         if self.kind == "constant":
@@ -68,11 +75,28 @@ class ScheduleConfig:
         if self.kind == "linear_warmup":
             warm = max(self.warmup_steps, 1)
             return lambda step: self.base * jnp.minimum(1.0, (step + 1) / warm)
+        if self.kind == "warmup_cosine":
+            if self.decay_steps <= self.warmup_steps:
+                raise ValueError(
+                    f"ScheduleConfig(kind='warmup_cosine'): decay_steps={self.decay_steps} must "
+                    f"exceed warmup_steps={self.warmup_steps} (set it to the run's num_steps)"
+                )
+            warm = max(self.warmup_steps, 1)
+            span = self.decay_steps - self.warmup_steps
+
+            def cosine(step):
+                ramp = jnp.minimum(1.0, (step + 1) / warm)
+                frac = jnp.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+                decay = self.end_fraction + (1 - self.end_fraction) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+                return self.base * ramp * decay
+
+            return cosine
         if self.kind == "rsqrt":
             plateau = max(self.warmup_steps, 1)
             return lambda step: self.base / jnp.sqrt(jnp.maximum(step, plateau).astype(jnp.float32))
         raise ValueError(
-            f"ScheduleConfig.kind={self.kind!r}; expected constant, linear_warmup or rsqrt"
+            f"ScheduleConfig.kind={self.kind!r}; expected constant, linear_warmup, "
+            "warmup_cosine or rsqrt"
         )
 
 

@@ -56,6 +56,19 @@ def pm(tokenizer):
 
 
 @pytest.fixture(scope="module")
+def pm_dec(tokenizer):
+    """A PM reading y' in the decoder (`InputFormat.decoder_template`)."""
+    fmt = pairwise.InputFormat(
+        pairwise.WORLD_PM_ENCODER_TEMPLATE, pairwise.WORLD_TARGET_TOKEN, 112, 32,
+        decoder_template=pairwise.WORLD_PM_DECODER_TEMPLATE,
+        max_decoder_len=pairwise.WORLD_PM_DECODER_LEN,
+    )
+    network, params = _model(tokenizer, 2)
+    return judges.PreferenceModelJudge(network, params, pairwise.PairEncoder(fmt, tokenizer),
+                                       chunk_size=8)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
 def rm(tokenizer):
     fmt = pairwise.InputFormat(pairwise.WORLD_RM_TEMPLATE, pairwise.WORLD_TARGET_TOKEN, 112, 32)
     network, params = _model(tokenizer, 1)
@@ -145,6 +158,55 @@ def test_pm_judge_is_antisymmetric_and_half_on_identical_summaries(pm, texts):
     assert np.abs(p - 0.5).max() > 1e-3  # a random PM is not trivially 1/2
     np.testing.assert_allclose(p + q, 1.0, atol=1e-6)
     np.testing.assert_allclose(pm.prob(texts.prompts, texts.ys, texts.ys), 0.5, atol=1e-6)
+
+
+def test_decoder_layout_writes_y_alt_into_the_decoder_part(pm_dec, texts, tokenizer):
+    enc = pm_dec.encoder
+    rows = enc.encode_texts(texts.prompts[:3], texts.ys[:3], texts.ys_alt[:3])
+    assert rows.shape == (3, 112 + pairwise.WORLD_PM_DECODER_LEN)
+    for b in range(3):
+        encoder_ids = [t for t in rows[b, :112] if t > 1]
+        decoder_ids = [t for t in rows[b, 112:] if t]
+        assert tokenizer.decode([encoder_ids])[0].endswith("x : " + texts.ys[b].strip())
+        assert tokenizer.decode([decoder_ids])[0] == "q : " + texts.ys_alt[b].strip() + " ?"
+        assert rows[b, 112 + len(decoder_ids):].sum() == 0  # left-aligned, no EOS
+
+
+def test_decoder_layout_input_format_errors():
+    with pytest.raises(ValueError, match="decoder_template must hold"):
+        pairwise.InputFormat("{prompt} {y} {y_alt}", "first", 144, 32,
+                             decoder_template="q {y_alt}", max_decoder_len=40)  # fmt: skip
+    with pytest.raises(ValueError, match="max_decoder_len=32 must exceed"):
+        pairwise.InputFormat("{prompt} {y}", "first", 112, 32,
+                             decoder_template="q {y_alt}", max_decoder_len=32)  # fmt: skip
+
+
+def test_decoder_layout_pm_matches_a_per_row_model_call(pm_dec, texts):
+    """Each row run alone with its decoder input cut to its real length ([0, d_1..d_n],
+    the logit read at position n) gives what the padded, batched judge gives."""
+    enc = pm_dec.encoder
+    params = jax.device_get(pm_dec.params)
+    apply = jax.jit(lambda p, x, d: pm_dec.network.apply({"params": p}, x, d))
+    n_enc = enc.fmt.max_input_len
+
+    def direct(rows):
+        out = []
+        for row in rows:
+            dec = [t for t in row[n_enc:] if t]
+            logits = apply(params, jnp.asarray(row[None, :n_enc]), jnp.asarray([[0] + dec], jnp.int32))
+            out.append(float(logits[0, len(dec), enc.target_token_id]))
+        return 1 / (1 + np.exp(-np.asarray(out)))
+
+    fwd = enc.encode_texts(texts.prompts, texts.ys, texts.ys_alt)
+    bwd = enc.encode_texts(texts.prompts, texts.ys_alt, texts.ys)
+    got_f, got_swapped = pm_dec.scores(texts.prompts, texts.ys, texts.ys_alt)
+    np.testing.assert_allclose(got_f, direct(fwd), atol=1e-6)
+    np.testing.assert_allclose(got_swapped, direct(bwd), atol=1e-6)
+    p = pm_dec.prob(texts.prompts, texts.ys, texts.ys_alt)
+    q = pm_dec.prob(texts.prompts, texts.ys_alt, texts.ys)
+    assert np.abs(p - 0.5).max() > 1e-3
+    np.testing.assert_allclose(p + q, 1.0, atol=1e-6)
+    np.testing.assert_allclose(pm_dec.prob(texts.prompts, texts.ys, texts.ys), 0.5, atol=1e-6)
 
 
 def test_rm_judge_matches_a_direct_model_call(rm, texts):

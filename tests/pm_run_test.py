@@ -63,9 +63,15 @@ def world(tmp_path_factory):
 
 
 def _gin_file(tmp_path, kind, world):
-    template = pairwise.WORLD_PM_TEMPLATE if kind == "pm" else pairwise.WORLD_RM_TEMPLATE
+    """kind: "pm", "rm" or "pm_decoder" (the PM's two-stack layout, y' in the decoder)."""
+    template = {"pm": pairwise.WORLD_PM_TEMPLATE, "rm": pairwise.WORLD_RM_TEMPLATE,
+                "pm_decoder": pairwise.WORLD_PM_ENCODER_TEMPLATE}[kind]  # fmt: skip
+    text = GIN.format(kind=kind[:2], world=world, template=template)
+    if kind == "pm_decoder":
+        text += (f"pairwise.InputFormat.decoder_template = '{pairwise.WORLD_PM_DECODER_TEMPLATE}'\n"
+                 f"pairwise.InputFormat.max_decoder_len = {pairwise.WORLD_PM_DECODER_LEN}\n")
     path = tmp_path / f"{kind}.gin"
-    path.write_text(GIN.format(kind=kind, world=world, template=template))
+    path.write_text(text)
     return str(path)
 
 
@@ -84,9 +90,10 @@ def _params(model_dir):
     return step, restored["params"]
 
 
-@pytest.mark.parametrize("kind", ["pm", "rm"])
-def test_run_resumes_exactly_and_leaves_a_loadable_judge(kind, world, tmp_path):
-    gin_file = _gin_file(tmp_path, kind, world)
+@pytest.mark.parametrize("layout", ["pm", "rm", "pm_decoder"])
+def test_run_resumes_exactly_and_leaves_a_loadable_judge(layout, world, tmp_path):
+    gin_file = _gin_file(tmp_path, layout, world)
+    kind = layout[:2]
     straight = str(tmp_path / "straight")
     _train(gin_file, straight, 4, f"--gin.EVAL_PATH='{world}/comparisons/valid.jsonl'")
     split = str(tmp_path / "split")
@@ -101,6 +108,7 @@ def test_run_resumes_exactly_and_leaves_a_loadable_judge(kind, world, tmp_path):
     with open(os.path.join(straight, pairwise.JUDGE_FILE)) as f:
         spec = json.load(f)
     assert spec["kind"] == ("preference" if kind == "pm" else "reward")
+    assert spec["max_decoder_len"] == (pairwise.WORLD_PM_DECODER_LEN if layout == "pm_decoder" else 0)
     assert os.path.isfile(os.path.join(straight, "model_config.json"))
     rows = metrics.read_jsonl(os.path.join(straight, "metrics.jsonl"))
     assert f"{kind}/loss" in rows[0] and f"{kind}/bayes_agreement" in rows[0]

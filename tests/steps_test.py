@@ -79,6 +79,12 @@ def test_schedules():
     assert float(const(1000)) == 0.5
     np.testing.assert_allclose([float(warm(s)) for s in (0, 4, 9, 50)], [0.1, 0.5, 1.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose([float(rsqrt(s)) for s in (0, 100, 400)], [0.1, 0.1, 0.05], rtol=1e-6)
+    cosine = ts.ScheduleConfig("warmup_cosine", 1.0, warmup_steps=10, decay_steps=110,
+                               end_fraction=0.1).build()  # fmt: skip
+    np.testing.assert_allclose([float(cosine(s)) for s in (0, 9, 10, 60, 110, 500)],
+                               [0.1, 1.0, 1.0, 0.55, 0.1, 0.1], rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="decay_steps=5 must exceed warmup_steps=10"):
+        ts.ScheduleConfig("warmup_cosine", 1.0, warmup_steps=10, decay_steps=5).build()
     with pytest.raises(ValueError, match="kind='cosine'"):
         ts.ScheduleConfig("cosine").build()
     with pytest.raises(ValueError, match="name='lion'"):

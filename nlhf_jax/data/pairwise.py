@@ -60,6 +60,12 @@ WORLD_TARGET_TOKEN = "first"
 WORLD_PM_INPUT_LEN = 144
 WORLD_RM_INPUT_LEN = 112
 WORLD_SUMMARY_LEN = 32
+# The world PM's two-stack layout (`InputFormat.decoder_template`, the default of
+# configs/experiments/world_pm.gin): the encoder reads the RM's input, the decoder
+# "q : y' ?" (at most 27 + 3 tokens).
+WORLD_PM_ENCODER_TEMPLATE = "{prompt} x : {y}"
+WORLD_PM_DECODER_TEMPLATE = "q : {y_alt} ?"
+WORLD_PM_DECODER_LEN = 40
 
 _FIELD_RE = re.compile(r"\{(prompt|y|y_alt)\}")
 
@@ -75,30 +81,64 @@ class InputFormat:
         is ignored).
       max_input_len: encoder length K, EOS included.
       max_summary_len: tokens kept of each summary.
+      decoder_template: PM only, optional: text holding {y_alt} once, written into
+        the *decoder* input instead of the encoder (the template then holds {prompt}
+        and {y}); the score is the target token's logit after the decoder's last
+        token. Why: T5 has no absolute positions, so a one-input PM must learn from
+        relative positions alone which summary a token belongs to; a small model
+        trained from scratch does so slowly (on the embedded world a 2-layer PM
+        stayed at chance for 1,000 steps). Across the two stacks the roles are free,
+        and an SFT initialisation already reads a summary in the decoder while
+        attending to the post. "" (default) keeps everything in the encoder.
+      max_decoder_len: decoder length L of that layout (the decoder input is the
+        start token followed by these L columns).
     """
 
     template: str = PM_TEMPLATE
     target_token: str = "1"
     max_input_len: int = 512
     max_summary_len: int = 64
+    decoder_template: str = ""
+    max_decoder_len: int = 0
 
     def __post_init__(self):
         fields = _FIELD_RE.findall(self.template)
-        if sorted(fields) not in (["prompt", "y"], ["prompt", "y", "y_alt"]):
+        dec_fields = _FIELD_RE.findall(self.decoder_template)
+        if self.decoder_template:
+            if dec_fields != ["y_alt"] or sorted(fields) != ["prompt", "y"]:
+                raise ValueError(
+                    "InputFormat.decoder_template must hold {y_alt} once (and nothing "
+                    "else), the template {prompt} and {y}; got decoder fields "
+                    f"{dec_fields} in {self.decoder_template!r}, fields {fields} in "
+                    f"{self.template!r}"
+                )
+            if self.max_decoder_len <= self.max_summary_len:
+                raise ValueError(
+                    f"InputFormat: max_decoder_len={self.max_decoder_len} must exceed "
+                    f"max_summary_len={self.max_summary_len} with a decoder_template"
+                )
+        elif sorted(fields) not in (["prompt", "y"], ["prompt", "y", "y_alt"]):
             raise ValueError(
                 f"InputFormat.template must hold {{prompt}}, {{y}} and optionally {{y_alt}} "
                 f"once each; got fields {fields} in {self.template!r}"
             )
-        if self.max_summary_len <= 0 or self.max_input_len <= 2 * self.max_summary_len:
+        n_encoder = len([f for f in fields if f != "prompt"])
+        if self.max_summary_len <= 0 or self.max_input_len <= n_encoder * self.max_summary_len:
             raise ValueError(
-                f"InputFormat: max_input_len={self.max_input_len} must exceed twice "
+                f"InputFormat: max_input_len={self.max_input_len} must exceed {n_encoder} x "
                 f"max_summary_len={self.max_summary_len} (> 0)"
             )
 
     @property
     def kind(self) -> str:
-        """"preference" when the template holds {y_alt}, else "reward"."""
-        return PREFERENCE if "{y_alt}" in self.template else REWARD
+        """"preference" when the template (or decoder template) holds {y_alt}, else
+        "reward"."""
+        return PREFERENCE if "{y_alt}" in self.template + self.decoder_template else REWARD
+
+    @property
+    def decoder_len(self) -> int:
+        """L, the decoder columns appended to every encoded row (0: encoder only)."""
+        return self.max_decoder_len if self.decoder_template else 0
 
 
 class Tokenizer:
@@ -209,7 +249,19 @@ class PairEncoder:
             elif part.strip():
                 self._layout.append(("literal", tokenizer.encode([part])[0]))
         literal = sum(len(v) for k, v in self._layout if k == "literal")
-        n_summaries = 2 if fmt.kind == PREFERENCE else 1
+        n_summaries = sum(1 for k, v in self._layout if k == "field" and v != "prompt")
+        self._decoder_layout: list[tuple[str, Any]] = []
+        for i, part in enumerate(_FIELD_RE.split(fmt.decoder_template)):
+            if i % 2:
+                self._decoder_layout.append(("field", part))
+            elif part.strip():
+                self._decoder_layout.append(("literal", tokenizer.encode([part])[0]))
+        decoder_literal = sum(len(v) for k, v in self._decoder_layout if k == "literal")
+        if fmt.decoder_template and decoder_literal + fmt.max_summary_len > fmt.max_decoder_len:
+            raise ValueError(
+                f"InputFormat: max_decoder_len={fmt.max_decoder_len} leaves no room for "
+                f"{decoder_literal} template tokens and {fmt.max_summary_len} summary tokens"
+            )
         if literal + 1 + n_summaries * fmt.max_summary_len >= fmt.max_input_len:
             raise ValueError(
                 f"InputFormat: max_input_len={fmt.max_input_len} leaves no room for the "
@@ -223,6 +275,11 @@ class PairEncoder:
     def kind(self) -> str:
         return self.fmt.kind
 
+    @property
+    def decoder_len(self) -> int:
+        """Columns at the end of each row that are decoder input (0: none)."""
+        return self.fmt.decoder_len
+
     def encode_ids(
         self, prompt_ids: IdRows, y_ids: IdRows, y_alt_ids: Optional[IdRows] = None
     ) -> np.ndarray:
@@ -233,7 +290,8 @@ class PairEncoder:
             y_alt_ids only for a PM.
 
         Returns:
-          int32 [B, max_input_len], 0-padded, EOS-terminated.
+          int32 [B, max_input_len], 0-padded, EOS-terminated; with a decoder template
+          int32 [B, max_input_len + max_decoder_len], the decoder part (no EOS) last.
         """
         fmt = self.fmt
         if (y_alt_ids is not None) != (fmt.kind == PREFERENCE):
@@ -241,7 +299,8 @@ class PairEncoder:
         n = len(prompt_ids)
         if len(y_ids) != n or (y_alt_ids is not None and len(y_alt_ids) != n):
             raise ValueError("prompts and summaries differ in number")
-        out = np.zeros((n, fmt.max_input_len), np.int32)
+        out = np.zeros((n, fmt.max_input_len + fmt.decoder_len), np.int32)
+        encoder_fields = {v for k, v in self._layout if k == "field"}
         for b in range(n):
             fields = {"prompt": strip_ids(prompt_ids[b]), "y": strip_ids(y_ids[b])}
             if y_alt_ids is not None:
@@ -251,7 +310,7 @@ class PairEncoder:
                     fields[name] = fields[name][: fmt.max_summary_len]
                     self.truncated[name] += 1
             room = fmt.max_input_len - 1 - self._literal_len - sum(
-                len(v) for k, v in fields.items() if k != "prompt"
+                len(v) for k, v in fields.items() if k != "prompt" and k in encoder_fields
             )
             if len(fields["prompt"]) > room:
                 fields["prompt"] = fields["prompt"][:room]
@@ -261,6 +320,11 @@ class PairEncoder:
                 row += value if kind == "literal" else fields[value]
             row.append(types.EOS_ID)
             out[b, : len(row)] = row
+            if self._decoder_layout:
+                dec: list[int] = []
+                for kind, value in self._decoder_layout:
+                    dec += value if kind == "literal" else fields[value]
+                out[b, fmt.max_input_len : fmt.max_input_len + len(dec)] = dec
         return out
 
     def encode_texts(

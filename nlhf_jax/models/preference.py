@@ -36,28 +36,44 @@ def target_logits(
     *,
     enable_dropout: bool = False,
     rng: Optional[Array] = None,
+    decoder_len: int = 0,
 ) -> Array:
-    """The target token's logit at the first decoder position.
+    """The target token's logit at the first decoder position, or after the decoder
+    part of the input.
 
     Args:
       network: a `t5.EncoderDecoder`.
       params: its parameters.
-      encoder_input_tokens: int [B, K] inputs written by `pairwise.PairEncoder`.
+      encoder_input_tokens: int [B, K] inputs written by `pairwise.PairEncoder`; with
+        `decoder_len` = L > 0, int [B, K + L] whose last L columns are the decoder's
+        tokens (left-aligned, 0-padded; `InputFormat.decoder_template`).
       target_token: the designated token id.
       enable_dropout: training mode (needs `rng`).
       rng: the dropout key.
+      decoder_len: L (static).
 
     Returns:
       float32 [B]: the PM's preference logit or the RM's reward.
     """
     batch = encoder_input_tokens.shape[0]
-    decoder_input = jnp.full((batch, 1), types.PAD_ID, jnp.int32)  # the start token
+    start = jnp.full((batch, 1), types.PAD_ID, jnp.int32)  # the decoder start token
+    if decoder_len:
+        tokens = encoder_input_tokens[:, -decoder_len:]
+        encoder_input_tokens = encoder_input_tokens[:, :-decoder_len]
+        decoder_input = jnp.concatenate([start, tokens], axis=1)  # [B, L + 1]
+        # Read where the next token would be predicted after the last real one; the
+        # causal mask keeps the padding after it out of that position's view.
+        position = jnp.sum(tokens != types.PAD_ID, axis=1)
+    else:
+        decoder_input = start
+        position = jnp.zeros((batch,), jnp.int32)
     rngs = {"dropout": rng} if enable_dropout else None
     logits = network.apply(
         {"params": params}, encoder_input_tokens, decoder_input,
         enable_dropout=enable_dropout, rngs=rngs,
     )  # fmt: skip
-    return logits[:, 0, target_token].astype(jnp.float32)
+    picked = jnp.take_along_axis(logits[:, :, target_token], position[:, None], axis=1)[:, 0]
+    return picked.astype(jnp.float32)
 
 
 def pair_logits(
@@ -66,6 +82,7 @@ def pair_logits(
     inputs: Array,
     inputs_other: Array,
     target_token: int,
+    decoder_len: int = 0,
 ) -> tuple[Array, Array]:
     """Target logits of two input batches in one forward pass (no dropout).
 
@@ -79,7 +96,7 @@ def pair_logits(
       (float32 [B], float32 [B]).
     """
     both = jnp.concatenate([inputs, inputs_other], axis=0)
-    z = target_logits(network, params, both, target_token)
+    z = target_logits(network, params, both, target_token, decoder_len=decoder_len)
     return z[: inputs.shape[0]], z[inputs.shape[0]:]
 
 
