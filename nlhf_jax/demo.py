@@ -35,7 +35,7 @@ _TINY_MODEL = [
 ]
 PRESETS = {
     "quick": {
-        "sft": _TINY_MODEL + ["NUM_STEPS = 1500", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
+        "sft": _TINY_MODEL + ["NUM_STEPS = 3000", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
                               "train/arrays.world_sft.input_len = 80",
                               "eval/arrays.world_sft.input_len = 80",
                               "trainer.LoopConfig.eval_every = 0"],
@@ -49,7 +49,7 @@ PRESETS = {
         "eval_prompts": 500,
     },
     "paper": {
-        "sft": ["NUM_STEPS = 4000", "LEARNING_RATE = 3e-3", "train/arrays.world_sft.input_len = 80",
+        "sft": ["NUM_STEPS = 6000", "LEARNING_RATE = 3e-3", "train/arrays.world_sft.input_len = 80",
                 "eval/arrays.world_sft.input_len = 80"],
         "pm": ["NUM_STEPS = 3000"],
         "rm": ["NUM_STEPS = 3000"],
@@ -144,10 +144,13 @@ def main(argv) -> int:
     seed_bindings = [f"WORLD_SEED = {args.world_seed}"]
     data_bindings = [f"arrays.world_sft.data_dir = '{world_dir}'"]
     stage("world", make_world)
+    sft_dir = os.path.join(out, "sft")
     stage("sft", lambda p: _train("configs/experiments/world_sft.gin", p,
                                   preset["sft"] + seed_bindings + data_bindings, repo))
-    sft_dir = os.path.join(out, "sft")
-    pm_common = [f"pairwise.world_data.data_dir = '{world_dir}'"]
+    # PM and RM start from the SFT policy (same dimensions), as the paper's do from
+    # pretrained T5: the SFT encoder already reads posts and its decoder summaries.
+    pm_common = [f"pairwise.world_data.data_dir = '{world_dir}'",
+                 f"INITIAL_CHECKPOINT = '{sft_dir}'"]
     stage("pm", lambda p: _train("configs/experiments/world_pm.gin", p, preset["pm"] + pm_common, repo))
     stage("rm", lambda p: _train("configs/experiments/world_rm.gin", p, preset["rm"] + pm_common, repo))
     policy_common = preset["policy"] + seed_bindings + [

@@ -6,7 +6,7 @@ everything a reader needs to judge the run (and the numbers in JSON next to it).
 
 import json
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -74,6 +74,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     md_ptau = run_evaluate.write_outputs(os.path.join(eval_dir, "matrix_ptau"), list(names), ptau,
                                          f"P_tau: preference model with KL terms, tau = {tau}",
                                          {"decoding": cfg.__dict__, "num_prompts": len(posts)})
+    judges_md, judge_numbers = judge_section(out, world_dir, samples, posts, world, ds.meta.get("ids"))
     st_md, st = run_evaluate.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
     rep = describe.describe_world(generator.load_config(world_dir), taus=(tau, 0.05))
@@ -101,6 +102,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         + "\n\n![P* heatmap](matrix_pstar/heatmap.png)",
         "## Under P_tau (Table 2: learned preference model + KL terms)\n\n" + md_ptau
         + "\n\n![P_tau heatmap](matrix_ptau/heatmap.png)",
+        "## Judges and the SFT policy\n\n" + judges_md,
         "## Style distribution of each policy vs the regularised Nash equilibrium over styles\n\n" + st_md,
         "## Training curves\n\n![curves](curves.png)",
         "## Stage wall times (seconds, this machine)\n\n| stage | s |\n|---|---:|\n" + timing_rows,
@@ -109,9 +111,66 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     with open(path, "w") as f:
         f.write(text + "\n")
     with open(os.path.join(eval_dir, "report.json"), "w") as f:
-        json.dump({"styles": st, "timings": timings, "names": list(names),
+        json.dump({"styles": st, "timings": timings, "names": list(names), "judges": judge_numbers,
                    "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
                    "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
                    "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,
                                     "rlhf_vs_sft": p.rlhf_vs_sft} for p in pred]}, f, indent=1)
     return path
+
+
+def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> tuple[str, dict]:
+    """PM and RM on the test comparisons, both on shifted pairs, and the SFT policy's
+    samples against the reference summaries, all under P* (markdown, numbers)."""
+    from nlhf_jax import judges
+    from nlhf_jax.data import pairwise
+    from nlhf_jax.data.world import generator
+
+    texts = pairwise.read_comparison_texts(generator.split_path(world_dir, "comparisons", "test"),
+                                           world_dir=world_dir)  # fmt: skip
+    numbers: dict = {}
+    rows = []
+    for name in ("pm", "rm"):
+        m = judges.evaluate_texts(judges.load_judge(os.path.join(out, name)), texts)
+        numbers[f"{name}_test"] = m
+        rows.append(f"| {name.upper()} | {m['accuracy']:.3f} | {m['bayes_accuracy']:.3f} | "
+                    f"{m['bayes_agreement']:.3f} | {m['pstar_logloss']:.3f} | {m['pstar_entropy']:.3f} |")
+    shift = judges.world_shift_report(os.path.join(out, "pm"), os.path.join(out, "rm"), world_dir)
+    numbers["shift"] = shift
+    # The SFT policy's samples (drawn above) against each post's reference summary.
+    sft = next((s for s in samples if s.name == "sft"), None)
+    refs = _reference_summaries(world_dir, ids) if sft is not None and ids else None
+    lines = [
+        f"Test comparisons ({len(texts)} pairs): accuracy against the human labels, the "
+        "Bayes decision of P*'s accuracy against the same labels, agreement with that "
+        "decision, and log-loss against P* (its entropy is the floor).",
+        "",
+        "| judge | accuracy | Bayes accuracy | Bayes agreement | log-loss vs P* | P* entropy |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Shifted pairs ({shift['n_pairs']:.0f} faithful pairs of uniformly drawn styles: the "
+        "part of P* no reward represents): log-loss vs P* PM "
+        f"{shift['pm/pstar_logloss']:.3f}, RM {shift['rm/pstar_logloss']:.3f}; agreement with "
+        f"the Bayes decision PM {shift['pm/bayes_agreement']:.3f}, RM "
+        f"{shift['rm/bayes_agreement']:.3f}.",
+    ]
+    if refs is not None:
+        p = world.prob(posts, sft.texts, refs)
+        numbers["sft_vs_reference"] = float(np.mean(p))
+        lines += ["", f"SFT samples against the reference summaries under P* ({len(posts)} "
+                  f"held-out posts): {np.mean(p):.3f}."]
+    return "\n".join(lines), numbers
+
+
+def _reference_summaries(world_dir: str, ids: Sequence[str]) -> Optional[list[str]]:
+    """Reference summaries of the held-out (valid + test) posts with these ids (None
+    if some post has none)."""
+    from nlhf_jax.data import jsonl
+    from nlhf_jax.data.world import generator
+
+    by_id = {}
+    for split in ("valid", "test"):
+        records, _ = jsonl.read_sft(generator.split_path(world_dir, "sft", split))
+        by_id.update((r["id"], r["summary"]) for r in records)
+    return [by_id[i] for i in ids] if all(i in by_id for i in ids) else None
