@@ -35,7 +35,7 @@ _TINY_MODEL = [
 ]
 PRESETS = {
     "quick": {
-        "sft": _TINY_MODEL + ["NUM_STEPS = 3000", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
+        "sft": _TINY_MODEL + ["NUM_STEPS = 6000", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
                               "train/arrays.world_sft.input_len = 80",
                               "eval/arrays.world_sft.input_len = 80",
                               "trainer.LoopConfig.eval_every = 0"],
@@ -49,7 +49,7 @@ PRESETS = {
         "eval_prompts": 500,
     },
     "paper": {
-        "sft": ["NUM_STEPS = 6000", "LEARNING_RATE = 3e-3", "train/arrays.world_sft.input_len = 80",
+        "sft": ["NUM_STEPS = 12000", "LEARNING_RATE = 3e-3", "train/arrays.world_sft.input_len = 80",
                 "eval/arrays.world_sft.input_len = 80"],
         "pm": ["NUM_STEPS = 3000"],
         "rm": ["NUM_STEPS = 3000"],
