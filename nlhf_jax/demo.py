@@ -39,7 +39,7 @@ PRESETS = {
                               "train/arrays.world_sft.input_len = 80",
                               "eval/arrays.world_sft.input_len = 80",
                               "trainer.LoopConfig.eval_every = 0"],
-        "pm": ["NUM_STEPS = 1000"],
+        "pm": ["NUM_STEPS = 1000", "train_state.ScheduleConfig.kind = 'linear_warmup'"],
         "rm": ["NUM_STEPS = 800"],
         "policy": ["NUM_STEPS = 120", "BATCH_SIZE = 32", "TAU = 0.008", "LEARNING_RATE = 3e-4",
                    "arrays.world_prompts.input_len = 80"],
