@@ -72,27 +72,9 @@ def train(
         with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
             f.write(gin.config_str())
     checkpointing.save_model_config(model_dir, model)
-    rules = list(rules) if rules is not None else partitioning.default_rules()
-    mesh_ = partitioning.make_mesh(mesh)
-    logging.info("mesh %s over %d devices", dict(mesh_.shape), mesh_.size)
-    network = t5.EncoderDecoder(model)
-    tx = optimizer.build()
-    init_boxed = lambda rng: t5.init_variables(network, rng)["params"]  # noqa: E731
-    state, shardings, _ = trainer.init_train_state(
-        init_boxed, tx, mesh_, rules, jax.random.key(loop.seed)
-    )
-    ckpt = checkpointing.Checkpointer(model_dir, checkpoint)
-
-    def load_hf(path):
-        from nlhf_jax.checkpoints import hf as hf_lib
-
-        _, params = hf_lib.load_t5(path, scan_layers=model.scan_layers)
-        return params
-
-    state, how = trainer.restore_or_init(
-        checkpointer=ckpt, state=state, shardings=shardings, tx=tx, load_hf=load_hf
-    )
-    logging.info("%s", how)
+    run = trainer.setup_t5_run(model_dir, model, optimizer, loop.seed, mesh, rules, checkpoint)
+    mesh_, rules, network, tx = run.mesh, run.rules, run.network, run.tx
+    state, shardings, ckpt = run.state, run.shardings, run.checkpointer
     step_fn = functools.partial(
         steps.sft_train_step, model=network, tx=tx, cfg=step,
         learning_rate_fn=optimizer.schedule.build(),

@@ -113,6 +113,55 @@ def abstract_train_state(
     return partitioning.unbox(boxed), shardings
 
 
+@dataclasses.dataclass
+class T5Setup:
+    """What an encoder-decoder training run starts from (see `setup_t5_run`)."""
+
+    mesh: jax.sharding.Mesh
+    rules: list
+    network: nn.Module
+    tx: optax.GradientTransformation
+    state: train_state_lib.TrainState
+    shardings: Any
+    checkpointer: checkpointing.Checkpointer
+
+
+def setup_t5_run(
+    model_dir: str,
+    model: Any,
+    optimizer: train_state_lib.OptimizerConfig,
+    seed: int,
+    mesh: partitioning.MeshConfig,
+    rules: Optional[Any],
+    checkpoint: checkpointing.CheckpointConfig,
+) -> T5Setup:
+    """Mesh, T5 network, sharded train state, and resumption, shared by the SFT, PM and
+    RM runs. Resume priority: the run's own checkpoint > `checkpoint.initial_checkpoint`
+    (an earlier run or a HF T5 directory) > fresh initialisation from `seed`."""
+    from nlhf_jax.models import t5
+
+    rules = list(rules) if rules is not None else partitioning.default_rules()
+    mesh_ = partitioning.make_mesh(mesh)
+    logging.info("mesh %s over %d devices", dict(mesh_.shape), mesh_.size)
+    network = t5.EncoderDecoder(model)
+    tx = optimizer.build()
+    init_boxed = lambda rng: t5.init_variables(network, rng)["params"]  # noqa: E731
+    state, shardings, _ = init_train_state(init_boxed, tx, mesh_, rules, jax.random.key(seed))
+    ckpt = checkpointing.Checkpointer(model_dir, checkpoint)
+
+    def load_hf(path):
+        from nlhf_jax.checkpoints import hf as hf_lib
+
+        _, params = hf_lib.load_t5(path, scan_layers=model.scan_layers)
+        return params
+
+    state, how = restore_or_init(
+        checkpointer=ckpt, state=state, shardings=shardings, tx=tx, load_hf=load_hf
+    )
+    logging.info("%s", how)
+    return T5Setup(mesh_, rules, network, tx, state, shardings, ckpt)
+
+
 def restore_or_init(
     *,
     checkpointer: checkpointing.Checkpointer,
