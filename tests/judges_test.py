@@ -214,6 +214,8 @@ def test_rm_judge_matches_a_direct_model_call(rm, texts):
     r = _direct_logits(rm, enc.encode_texts(texts.prompts, texts.ys))
     r_alt = _direct_logits(rm, enc.encode_texts(texts.prompts, texts.ys_alt))
     np.testing.assert_allclose(rm.rewards(texts.prompts, texts.ys), r, atol=1e-5)
+    for n in (1, 19):  # odd batches: the halves are padded
+        np.testing.assert_allclose(rm.rewards(texts.prompts[:n], texts.ys[:n]), r[:n], atol=1e-5)
     p = rm.prob(texts.prompts, texts.ys, texts.ys_alt)
     np.testing.assert_allclose(p, 1 / (1 + np.exp(-(r - r_alt))), atol=1e-6)
     np.testing.assert_allclose(p + rm.prob(texts.prompts, texts.ys_alt, texts.ys), 1.0, atol=1e-6)
@@ -239,6 +241,18 @@ def test_chunks_round_up_to_the_batch_shards(tokenizer):
     assert judge.chunk_size == 8
     leaf = jax.tree_util.tree_leaves(judge.params)[0]
     assert leaf.sharding.mesh.shape == mesh.shape
+
+
+def test_small_calls_run_smaller_chunks(pm, texts):
+    # A policy batch far below chunk_size must not be padded up to it (the training
+    # loop's scoring phase): the next power of two, rounded to the batch shards.
+    assert pm._shards == 8 and pm.chunk_size == 8
+    assert [pm._chunk_for(n) for n in (1, 3, 8, 9, 100)] == [8, 8, 8, 8, 8]
+    wide = judges.PreferenceModelJudge(pm.network, pm.params, pm.encoder, chunk_size=256)
+    assert [wide._chunk_for(n) for n in (1, 9, 32, 33, 200, 1000)] == [8, 16, 32, 64, 256, 256]
+    n = 19  # one chunk of 32
+    np.testing.assert_allclose(wide.prob(texts.prompts[:n], texts.ys[:n], texts.ys_alt[:n]),
+                               pm.prob(texts.prompts[:n], texts.ys[:n], texts.ys_alt[:n]), atol=1e-6)
 
 
 def test_prob_tokens_skips_or_redoes_tokenisation(pm, rm, texts, tokenizer, world, tmp_path):
