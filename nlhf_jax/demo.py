@@ -33,28 +33,32 @@ _TINY_MODEL = [
     "t5.T5Config.emb_dim = 64", "t5.T5Config.num_heads = 4", "t5.T5Config.head_dim = 16",
     "t5.T5Config.mlp_dim = 128",
 ]
+_QUICK_SFT = _TINY_MODEL + ["NUM_STEPS = 6000", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
+                            "train/arrays.world_sft.input_len = 80",
+                            "eval/arrays.world_sft.input_len = 80",
+                            "trainer.LoopConfig.eval_every = 0"]
+_QUICK_PM = ["NUM_STEPS = 1000", "train_state.ScheduleConfig.kind = 'linear_warmup'"]
+_QUICK_RM = ["NUM_STEPS = 800"]
+# tau is each gin file's: 0.008 for the NLHF runs and 0.05 for RLHF, the paper's values.
+_POLICY = ["BATCH_SIZE = 32", "LEARNING_RATE = 3e-4", "arrays.world_prompts.input_len = 80"]
 PRESETS = {
     "quick": {
-        "sft": _TINY_MODEL + ["NUM_STEPS = 6000", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
-                              "train/arrays.world_sft.input_len = 80",
-                              "eval/arrays.world_sft.input_len = 80",
-                              "trainer.LoopConfig.eval_every = 0"],
-        "pm": ["NUM_STEPS = 1000", "train_state.ScheduleConfig.kind = 'linear_warmup'"],
-        "rm": ["NUM_STEPS = 800"],
-        "policy": ["NUM_STEPS = 120", "BATCH_SIZE = 32", "TAU = 0.008", "LEARNING_RATE = 3e-4",
-                   "arrays.world_prompts.input_len = 80"],
+        "sft": _QUICK_SFT,
+        "pm": _QUICK_PM,
+        "rm": _QUICK_RM,
+        "policy": _POLICY + ["NUM_STEPS = 120"],
         "policies": [("rlhf", "rlhf", []), ("self_play", "self_play", []),
                      ("nash_md", "nash_md", []), ("best_response", "best_response", []),
                      ("nash_ema", "nash_ema", ["BETA = 0.9"])],
         "eval_prompts": 500,
     },
+    # The paper's grid of policies on the quick preset's SFT, PM and RM (the same
+    # bindings, so a finished quick demo's world/sft/pm/rm directories can be copied in).
     "paper": {
-        "sft": ["NUM_STEPS = 12000", "LEARNING_RATE = 3e-3", "train/arrays.world_sft.input_len = 80",
-                "eval/arrays.world_sft.input_len = 80"],
-        "pm": ["NUM_STEPS = 3000"],
-        "rm": ["NUM_STEPS = 3000"],
-        "policy": ["NUM_STEPS = 600", "BATCH_SIZE = 32", "TAU = 0.008", "LEARNING_RATE = 3e-4",
-                   "arrays.world_prompts.input_len = 80"],
+        "sft": _QUICK_SFT,
+        "pm": _QUICK_PM,
+        "rm": _QUICK_RM,
+        "policy": _POLICY + ["NUM_STEPS = 300"],
         "policies": [("rlhf", "rlhf", [])]
         + [(f"nash_md_{b:g}", "nash_md", [f"BETA = {b}"])
            for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0)]
@@ -96,6 +100,40 @@ def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
         print(f"interrupted during {model_dir}; rerun `nlhf demo` to resume", flush=True)
         raise SystemExit(0)
     return time.time() - t
+
+
+def stage_plan(preset_name: str, out: str, world_seed: int = 0) -> tuple[list, list]:
+    """The training stages of a preset, in order, and the policy names to evaluate.
+
+    Returns:
+      ([(stage name, gin file relative to the repository, gin bindings)], names): the
+      world stage is not included; names are "sft", each policy, and "<ema run>*" for the
+      averaged policy of each Nash-EMA-PG run.
+    """
+    preset = PRESETS[preset_name]
+    world_dir = os.path.join(out, "world")
+    sft_dir = os.path.join(out, "sft")
+    seed_bindings = [f"WORLD_SEED = {world_seed}"]
+    plan = [("sft", "configs/experiments/world_sft.gin",
+             preset["sft"] + seed_bindings + [f"arrays.world_sft.data_dir = '{world_dir}'"])]
+    # PM and RM start from the SFT policy (same dimensions), as the paper's do from
+    # pretrained T5: the SFT encoder already reads posts and its decoder summaries.
+    pm_common = [f"pairwise.world_data.data_dir = '{world_dir}'",
+                 f"INITIAL_CHECKPOINT = '{sft_dir}'"]
+    plan.append(("pm", "configs/experiments/world_pm.gin", preset["pm"] + pm_common))
+    plan.append(("rm", "configs/experiments/world_rm.gin", preset["rm"] + pm_common))
+    policy_common = preset["policy"] + seed_bindings + [
+        f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
+        f"vocab.world_vocabulary.data_dir = '{world_dir}'"]
+    names = ["sft"]
+    for name, gin_name, extra in preset["policies"]:
+        judge_dir = os.path.join(out, "rm" if gin_name == "rlhf" else "pm")
+        plan.append((name, f"configs/experiments/world_{gin_name}.gin",
+                     policy_common + extra + [f"JUDGE_DIR = '{judge_dir}'"]))
+        names.append(name)
+        if gin_name == "nash_ema":
+            names.append(name + "*")
+    return plan, names
 
 
 def main(argv) -> int:
@@ -141,29 +179,10 @@ def main(argv) -> int:
 
         world_cli.main(["--describe", "--seed", str(args.world_seed)])
 
-    seed_bindings = [f"WORLD_SEED = {args.world_seed}"]
-    data_bindings = [f"arrays.world_sft.data_dir = '{world_dir}'"]
     stage("world", make_world)
-    sft_dir = os.path.join(out, "sft")
-    stage("sft", lambda p: _train("configs/experiments/world_sft.gin", p,
-                                  preset["sft"] + seed_bindings + data_bindings, repo))
-    # PM and RM start from the SFT policy (same dimensions), as the paper's do from
-    # pretrained T5: the SFT encoder already reads posts and its decoder summaries.
-    pm_common = [f"pairwise.world_data.data_dir = '{world_dir}'",
-                 f"INITIAL_CHECKPOINT = '{sft_dir}'"]
-    stage("pm", lambda p: _train("configs/experiments/world_pm.gin", p, preset["pm"] + pm_common, repo))
-    stage("rm", lambda p: _train("configs/experiments/world_rm.gin", p, preset["rm"] + pm_common, repo))
-    policy_common = preset["policy"] + seed_bindings + [
-        f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
-        f"vocab.world_vocabulary.data_dir = '{world_dir}'"]
-    names = ["sft"]
-    for name, gin_name, extra in preset["policies"]:
-        judge_dir = os.path.join(out, "rm" if gin_name == "rlhf" else "pm")
-        stage(name, lambda p, g=gin_name, e=extra, j=judge_dir: _train(
-            f"configs/experiments/world_{g}.gin", p, policy_common + e + [f"JUDGE_DIR = '{j}'"], repo))
-        names.append(name)
-        if gin_name == "nash_ema":
-            names.append(name + "*")
+    plan, names = stage_plan(args.preset, out, args.world_seed)
+    for name, gin_file, bindings in plan:
+        stage(name, lambda p, g=gin_file, b=bindings: _train(g, p, b, repo))
 
     def evaluate(path):
         from nlhf_jax import report

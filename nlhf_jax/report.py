@@ -51,6 +51,62 @@ def training_curves(path: str, out: str, names: Sequence[str]) -> None:
     plt.close(fig)
 
 
+def _fmt(c) -> str:
+    return f"{c.mean:.3f} [{c.lo:.2f}, {c.hi:.2f}]"
+
+
+def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) -> list[tuple[str, bool, str]]:
+    """The paper's qualitative findings (its Table 1 and section 8), checked on a matrix.
+
+    Args:
+      cells: {(row, column): evaluation.Comparison of column over row} (one judge).
+      names: the policies, including "sft", "rlhf", "nash_md_<beta>" for each beta (in
+        `f"{beta:g}"` form) and any "nash_ema_<decay>" / "nash_ema_<decay>*".
+      betas: the Nash-MD-PG mixture weights, increasing; betas[1] plays the paper's MD1
+        (0.125), betas[0] = 0 is self-play and betas[-1] = 1 best response.
+
+    Returns:
+      [(finding, holds, the numbers)], one per finding.
+    """
+    md = [f"nash_md_{b:g}" for b in betas]
+    sp, md1, br = md[0], md[1], md[-1]
+    trained = [n for n in names if n != "sft"]
+    vs_sft = {n: cells[("sft", n)] for n in trained}
+    out = []
+    beaten = [n for n in trained if vs_sft[n].lo > 0.5]
+    out.append(("every trained policy beats SFT (lower bound > 0.5)", len(beaten) == len(trained),
+                f"{len(beaten)}/{len(trained)}; " + ", ".join(f"{n} {vs_sft[n].mean:.3f}" for n in trained)))
+    best = max(trained, key=lambda n: vs_sft[n].mean)
+    out.append(("RLHF has the highest win rate against SFT", best == "rlhf",
+                f"RLHF {_fmt(vs_sft['rlhf'])}; highest {best} {vs_sft[best].mean:.3f}"))
+    vs_rlhf = [cells[("rlhf", n)].mean for n in md]
+    peak = int(np.argmax(vs_rlhf))
+    single = all(a <= b for a, b in zip(vs_rlhf[:peak], vs_rlhf[1:peak + 1])) and all(
+        a >= b for a, b in zip(vs_rlhf[peak:], vs_rlhf[peak + 1:]))
+    out.append(("win rate against RLHF is single-peaked in beta", single,
+                ", ".join(f"beta {b:g}: {v:.3f}" for b, v in zip(betas, vs_rlhf))))
+    c = cells[("rlhf", md1)]
+    out.append((f"Nash-MD-PG with beta = {betas[1]:g} beats RLHF head to head (lower bound > 0.5)",
+                c.lo > 0.5, _fmt(c)))
+    small = [m for m, b in zip(md, betas) if 0 < b <= 0.375]
+    wins = {(m, o): cells[(o, m)] for m in small for o in (sp, br)}
+    out.append(("a small mixture weight (0 < beta <= 0.375) beats self-play and best response",
+                all(v.mean > 0.5 for v in wins.values()),
+                "; ".join(f"{m} vs {o} {v.mean:.3f}" for (m, o), v in wins.items())))
+    others = [n for n in trained if n != md1]
+    out.append((f"{md1} beats every other policy head to head", all(cells[(o, md1)].mean > 0.5 for o in others),
+                ", ".join(f"vs {o} {cells[(o, md1)].mean:.3f}" for o in others)))
+    c = cells[("rlhf", br)]
+    out.append(("best response over-optimises: it loses to RLHF and has the lowest win rate against SFT",
+                c.mean < 0.5 and min(trained, key=lambda n: vs_sft[n].mean) == br,
+                f"best response vs RLHF {_fmt(c)}; vs SFT {vs_sft[br].mean:.3f}"))
+    emas = [n for n in trained if n.startswith("nash_ema")]
+    if emas:
+        out.append((f"EMA variants trail Nash-MD-PG ({md1} beats each)", all(cells[(e, md1)].mean > 0.5 for e in emas),
+                    ", ".join(f"{md1} vs {e} {cells[(e, md1)].mean:.3f}" for e in emas)))
+    return out
+
+
 def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: str, num_prompts: int,
                       tau: float, timings: dict, preset: str) -> str:
     from nlhf_jax import judges
@@ -91,6 +147,13 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     findings.append("- style-level prediction of `nlhf world --describe` at tau = "
                     + ", ".join(f"{p.tau:g}: P(Nash > RLHF) = {p.nash_vs_rlhf:.3f}, P(Nash > SFT) = "
                                 f"{p.nash_vs_sft:.3f}, P(RLHF > SFT) = {p.rlhf_vs_sft:.3f}" for p in pred))
+    betas = sorted(float(n[len("nash_md_"):]) for n in names if n.startswith("nash_md_"))
+    paper_md = ""
+    if len(betas) >= 3 and betas[0] == 0.0 and betas[-1] == 1.0 and "rlhf" in names:
+        rows = [f"| {f} | {'yes' if ok else '**no**'} | {nums} |"
+                for f, ok, nums in paper_findings(pstar, names, betas)]
+        paper_md = ("## The paper's findings under P*\n\n| finding (paper Table 1, section 8) | holds | "
+                    "numbers |\n|---|---|---|\n" + "\n".join(rows))
     timing_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
     text = "\n\n".join([
         f"# NLHF on the embedded world: demo report (preset `{preset}`)",
@@ -98,6 +161,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         f"32 tokens). Cells are P(column policy > row policy); brackets: 95% Clopper-Pearson "
         f"interval (P*), normal interval (P_tau).",
         "## Findings\n\n" + "\n".join(findings),
+        *([paper_md] if paper_md else []),
         "## Under the world's raters P* (the role PaLM 2 plays in the paper's Table 1)\n\n" + md_pstar
         + "\n\n![P* heatmap](matrix_pstar/heatmap.png)",
         "## Under P_tau (Table 2: learned preference model + KL terms)\n\n" + md_ptau

@@ -60,3 +60,46 @@ def test_style_helpers():
     d = evaluation.style_distribution(np.array([0, 0, 1, 3]), 5)
     np.testing.assert_allclose(d, [0.5, 0.25, 0, 0.25, 0])
     assert evaluation.total_variation(d, [0.5, 0.25, 0, 0.25, 0]) == 0.0
+
+
+def _matrix(names, strength):
+    """Cells of a Bradley-Terry population with the given strengths (exact means)."""
+    from nlhf_jax import evaluation as ev
+
+    cells = {}
+    for r in names:
+        for c in names:
+            p = 1 / (1 + np.exp(strength[r] - strength[c]))
+            w = int(round(1000 * p))
+            lo, hi = ev.clopper_pearson(w, 1000)
+            cells[(r, c)] = ev.Comparison(float(p), lo, hi, w, 1000)
+    return cells
+
+
+def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
+    from nlhf_jax import report
+
+    betas = [0.0, 0.125, 0.5, 1.0]
+    # A Bradley-Terry matrix cannot have RLHF strongest against SFT and still lose to MD1,
+    # so not every finding holds here; the point is that each is read from the right cells.
+    names = ["sft", "rlhf", "nash_md_0", "nash_md_0.125", "nash_md_0.5", "nash_md_1",
+             "nash_ema_0.999", "nash_ema_0.999*"]
+    strength = {"sft": 0.0, "rlhf": 2.0, "nash_md_0": 2.1, "nash_md_0.125": 2.5, "nash_md_0.5": 2.2,
+                "nash_md_1": 1.0, "nash_ema_0.999": 1.5, "nash_ema_0.999*": 1.4}
+    got = {f: (ok, nums) for f, ok, nums in report.paper_findings(_matrix(names, strength), names, betas)}
+    assert len(got) == 8
+    assert got["every trained policy beats SFT (lower bound > 0.5)"][0]
+    assert not got["RLHF has the highest win rate against SFT"][0]  # nash_md_0.125 is
+    assert got["win rate against RLHF is single-peaked in beta"][0]
+    assert got["Nash-MD-PG with beta = 0.125 beats RLHF head to head (lower bound > 0.5)"][0]
+    assert got["nash_md_0.125 beats every other policy head to head"][0]
+    assert got["best response over-optimises: it loses to RLHF and has the lowest win rate against SFT"][0]
+    assert got["EMA variants trail Nash-MD-PG (nash_md_0.125 beats each)"][0]
+    assert "beta 0.5: 0.550" in got["win rate against RLHF is single-peaked in beta"][1]
+    # Break the pattern: a second peak at beta = 1, and RLHF on top.
+    strength.update({"nash_md_1": 2.3, "rlhf": 3.0})
+    got = {f: ok for f, ok, _ in report.paper_findings(_matrix(names, strength), names, betas)}
+    assert got["RLHF has the highest win rate against SFT"]
+    assert not got["win rate against RLHF is single-peaked in beta"]
+    assert not got["Nash-MD-PG with beta = 0.125 beats RLHF head to head (lower bound > 0.5)"]
+    assert not got["best response over-optimises: it loses to RLHF and has the lowest win rate against SFT"]

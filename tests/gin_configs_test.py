@@ -63,3 +63,17 @@ def test_gin_typo_names_the_bad_binding(tmp_path):
 def test_rewrite_gin_args():
     assert run_train.rewrite_gin_args(["--gin.A=1", "--gin_file=x", "--gin.B.c='s'"]) == [
         "--gin_bindings=A = 1", "--gin_file=x", "--gin_bindings=B.c = 's'"]
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper"])
+def test_demo_stages_parse_with_their_bindings(preset, tmp_path):
+    from nlhf_jax import demo
+
+    plan, names = demo.stage_plan(preset, str(tmp_path))
+    assert [p[0] for p in plan[:3]] == ["sft", "pm", "rm"] and names[0] == "sft"
+    assert len(plan) == 3 + len(demo.PRESETS[preset]["policies"])
+    for name, gin_file, bindings in plan:
+        run_train.parse_gin([os.path.join(REPO, gin_file)],
+                            bindings + [f"MODEL_DIR = '{tmp_path / name}'"])
+        assert gin.query_parameter("%MODEL_DIR") == str(tmp_path / name), name
+        gin.clear_config()
