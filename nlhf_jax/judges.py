@@ -24,6 +24,7 @@ depends on its sampling distribution; a preference model, ideally, does not).
 """
 
 import functools
+import json
 import re
 from typing import Any, Optional, Protocol, Sequence
 
@@ -376,6 +377,53 @@ def evaluate_texts(judge, texts: pairwise.ComparisonTexts) -> dict[str, float]:
     build = (pairwise.preference_features if isinstance(judge, PreferenceModelJudge)
              else pairwise.reward_features)  # fmt: skip
     return evaluate_inputs(judge, build(judge.encoder, texts), texts.labels, texts.p_star)
+
+
+def world_pair_kinds(path: str) -> list[str]:
+    """The kind of each world comparison in a JSONL file, from the summaries' notes.
+
+    "faithful vs hallucinated", "both faithful", ...: the two qualities (sorted), then
+    "same style" or "different styles". Raises ValueError naming the file and line when a
+    row has no world note (`style/quality`), i.e. when the file is not world data.
+    """
+    kinds = []
+    with open(path, encoding="utf-8") as f:
+        rows = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+    for line_no, line in rows:
+        try:
+            row = json.loads(line)
+            notes = [s["note"].split("/") for s in row["summaries"]]
+            (s0, q0), (s1, q1) = notes
+        except (KeyError, TypeError, ValueError) as e:  # json errors are ValueErrors
+            raise ValueError(f"{path}:{line_no}: no world note 'style/quality' on both summaries ({e!r})")
+        quality = f"both {q0}" if q0 == q1 else " vs ".join(sorted([q0, q1]))
+        kinds.append(f"{quality}, {'same style' if s0 == s1 else 'different styles'}")
+    return kinds
+
+
+def breakdown(p: np.ndarray, labels: np.ndarray, p_star: np.ndarray, kinds: Sequence[str]) -> list[dict]:
+    """Where a judge loses accuracy against the Bayes decision, by kind of pair.
+
+    Args:
+      p, labels, p_star: float [N] (see `preference_metrics`).
+      kinds: N labels (e.g. `world_pair_kinds`).
+
+    Returns:
+      One dict per kind, most pairs first: kind, n, accuracy, bayes_accuracy,
+      bayes_agreement, and gap_points (the kind's share of the accuracy gap to the Bayes
+      decision, in points of the whole set's accuracy: they sum to the overall gap).
+    """
+    p, labels, p_star = (np.asarray(a, np.float64) for a in (p, labels, p_star))
+    kinds = np.asarray(kinds)
+    bayes = np.where(p_star > 0.5, 1.0, np.where(p_star < 0.5, 0.0, 0.5))
+    out = []
+    for kind in sorted(set(kinds.tolist())):
+        sel = kinds == kind
+        acc, bacc = _agreement(p[sel], labels[sel]), _agreement(p_star[sel], labels[sel])
+        out.append({"kind": kind, "n": int(sel.sum()), "accuracy": acc, "bayes_accuracy": bacc,
+                    "bayes_agreement": _agreement(p[sel], bayes[sel]),
+                    "gap_points": 100.0 * (bacc - acc) * sel.sum() / len(p)})
+    return sorted(out, key=lambda r: -r["n"])
 
 
 # ------------------------------------------------------------- distribution shift

@@ -194,9 +194,17 @@ def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> 
                                            world_dir=world_dir)  # fmt: skip
     numbers: dict = {}
     rows = []
+    test_path = generator.split_path(world_dir, "comparisons", "test")
+    kinds = judges.world_pair_kinds(test_path)
+    kind_rows = []
     for name in ("pm", "rm"):
-        m = judges.evaluate_texts(judges.load_judge(os.path.join(out, name)), texts)
+        judge = judges.load_judge(os.path.join(out, name))
+        m = judges.evaluate_texts(judge, texts)
         numbers[f"{name}_test"] = m
+        by_kind = judges.breakdown(judge.prob(texts.prompts, texts.ys, texts.ys_alt), texts.labels,
+                                   texts.p_star, kinds)  # fmt: skip
+        numbers[f"{name}_by_kind"] = by_kind
+        kind_rows.append(by_kind)
         rows.append(f"| {name.upper()} | {m['accuracy']:.3f} | {m['bayes_accuracy']:.3f} | "
                     f"{m['bayes_agreement']:.3f} | {m['pstar_logloss']:.3f} | {m['pstar_entropy']:.3f} |")
     shift = judges.world_shift_report(os.path.join(out, "pm"), os.path.join(out, "rm"), world_dir)
@@ -212,6 +220,15 @@ def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> 
         "| judge | accuracy | Bayes accuracy | Bayes agreement | log-loss vs P* | P* entropy |",
         "|---|---:|---:|---:|---:|---:|",
         *rows,
+        "",
+        "By kind of pair (accuracy, and the kind's share of the gap to the Bayes accuracy in "
+        "points of the whole test set):",
+        "",
+        "| pairs | n | Bayes accuracy | PM accuracy | PM gap | RM accuracy | RM gap |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| {a['kind']} | {a['n']} | {a['bayes_accuracy']:.3f} | {a['accuracy']:.3f} | "
+          f"{a['gap_points']:+.1f} | {b['accuracy']:.3f} | {b['gap_points']:+.1f} |"
+          for a, b in zip(*kind_rows)],
         "",
         f"Shifted pairs ({shift['n_pairs']:.0f} faithful pairs of uniformly drawn styles: the "
         "part of P* no reward represents): log-loss vs P* PM "

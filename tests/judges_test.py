@@ -3,6 +3,7 @@ calls, exact antisymmetry, chunking, re-tokenisation, metrics, the shift check."
 
 import copy
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -303,6 +304,30 @@ def test_preference_metrics_on_hand_made_numbers():
     assert m["ece"] == pytest.approx(np.mean([0.1, 0.8, 0.6, 0.5]))
     perfect = judges.preference_metrics(p_star, p_star=p_star)
     assert perfect["pstar_logloss"] == pytest.approx(perfect["pstar_entropy"])
+
+
+def test_breakdown_by_pair_kind(world, texts, tmp_path):
+    path = generator.split_path(world, "comparisons", "train")
+    kinds = judges.world_pair_kinds(path)
+    assert len(kinds) == len(texts) == 24
+    row = json.loads(open(path).readline())
+    (s0, q0), (s1, q1) = [x["note"].split("/") for x in row["summaries"]]
+    assert kinds[0].startswith(f"both {q0}" if q0 == q1 else " vs ".join(sorted([q0, q1])))
+    assert kinds[0].endswith("same style" if s0 == s1 else "different styles")
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=len(texts))
+    rows = judges.breakdown(p, texts.labels, texts.p_star, kinds)
+    assert sum(r["n"] for r in rows) == 24 and len({r["kind"] for r in rows}) == len(rows)
+    m = judges.preference_metrics(p, labels=texts.labels, p_star=texts.p_star)
+    gap = 100 * (m["bayes_accuracy"] - m["accuracy"])
+    assert sum(r["gap_points"] for r in rows) == pytest.approx(gap, abs=1e-9)
+    # the judge P* itself has no gap and agrees with itself in every kind
+    for r in judges.breakdown(texts.p_star, texts.labels, texts.p_star, kinds):
+        assert r["gap_points"] == pytest.approx(0.0, abs=1e-9) and r["bayes_agreement"] >= 0.5
+    bad = tmp_path / "tldr.jsonl"
+    bad.write_text(open(path).readline() + json.dumps({"summaries": [{"text": "a"}, {"text": "b"}]}) + "\n")
+    with pytest.raises(ValueError, match="tldr.jsonl:2: no world note"):
+        judges.world_pair_kinds(str(bad))
 
 
 def test_shift_check_on_shifted_pairs(world):

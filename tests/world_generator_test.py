@@ -167,3 +167,22 @@ def test_generate_cli(tmp_path, capsys):
         meta = json.load(f)
     assert meta["config"]["seed"] == 2 and meta["config"]["n_sft"] == [10, 2, 2]
     assert cli.main(["--generate"]) == 2
+
+
+def test_more_comparisons_keep_the_smaller_world(tmp_path, monkeypatch):
+    # Train comparisons past COMPARISON_BLOCK come last, from their own stream, and stay
+    # out of the vocabulary's corpus: the smaller world is a prefix of the larger one.
+    monkeypatch.setattr(generator, "COMPARISON_BLOCK", 12)
+    small = generator.WorldConfig(n_sft=(10, 4, 4), n_comparisons=(12, 4, 4), n_prompts_train=4)
+    big = dataclasses.replace(small, n_comparisons=(30, 4, 4))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ha, hb = generator.generate(small, a), generator.generate(big, b)
+    train = os.path.join("comparisons", "train.jsonl")
+    assert {k: v for k, v in ha.items() if k != train} == {k: v for k, v in hb.items() if k != train}
+    rows_a = read_lines(os.path.join(a, train))
+    rows_b = read_lines(os.path.join(b, train))
+    assert len(rows_b) == 30 and rows_b[:12] == rows_a
+    ids = [r["info"]["id"] for r in rows_b]
+    assert len(set(ids)) == 30 and ids[12] == "w0-cmp-train-000012"
+    posts = [r["info"]["post"] for r in rows_b] + [r["post"] for r in read_lines(os.path.join(b, "sft", "train.jsonl"))]
+    assert len(set(posts)) == len(posts)  # still unique across the world

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-sft", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
                    help="SFT pairs per split (default 20000 500 500)")  # fmt: skip
     p.add_argument("--n-comparisons", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
-                   help="comparison pairs per split (default 20000 1000 1000)")  # fmt: skip
+                   help="comparison pairs per split (default 90000 1000 1000)")  # fmt: skip
     p.add_argument("--n-prompts", type=int, help="fresh training prompts (default 5000)")
     return p
 

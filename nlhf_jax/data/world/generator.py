@@ -42,6 +42,11 @@ COMPARISON_SPLIT_NAMES = {"train": "train", "valid": "valid1", "test": "valid2"}
 # reference distribution mu of the style game; see raters.py for why these values.
 DEFAULT_STYLE_MIX = (0.15, 0.2, 0.5, 0.15)
 N_WORKERS_PER_TYPE = 8
+# Train comparisons beyond the first COMPARISON_BLOCK are drawn last, from a stream of
+# their own, and stay out of the vocabulary's corpus: a world with more comparisons keeps
+# every other file, its first COMPARISON_BLOCK train comparisons and its vocabulary (so
+# its token ids) byte for byte, and models trained on the smaller world still apply.
+COMPARISON_BLOCK = 20000
 # Prompt-template markers kept whole in the world vocabulary (otherwise the unigram
 # model spells them letter by letter: the corpus is too repetitive to learn them).
 TEMPLATE_SYMBOLS = ("SUBREDDIT:", "TITLE:", "POST:", "TL;DR:") + tuple(
@@ -69,7 +74,9 @@ class WorldConfig:
 
     seed: int = 0
     n_sft: tuple[int, int, int] = (20000, 500, 500)
-    n_comparisons: tuple[int, int, int] = (20000, 1000, 1000)
+    # 90k train comparisons, about the size of OpenAI's TL;DR comparison set (92k); the
+    # PM overfits 20k (see README). The first COMPARISON_BLOCK are those of a 20k world.
+    n_comparisons: tuple[int, int, int] = (90000, 1000, 1000)
     n_prompts_train: int = 5000
     style_mix: tuple[float, ...] = DEFAULT_STYLE_MIX
     quality_mix: tuple[float, ...] = (0.8, 0.1, 0.1)
@@ -197,12 +204,17 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
             corpus += [templates.tldr_prompt(post.subreddit, post.title, post.text), text]
         sft_posts[split] = posts
         _write_jsonl(split_path(out_dir, "sft", split), rows)
+    first_train: list[dict] = []
     for split, n in zip(SPLITS, config.n_comparisons):
         rng = streams[f"comparisons/{split}"]
+        if split == "train":
+            n = min(n, COMPARISON_BLOCK)
         posts = [sampler(rng, f"w{config.seed}-cmp-{split}-{i:06d}") for i in range(n)]
         rows = _comparisons(config, rng, posts, split)
         _write_jsonl(split_path(out_dir, "comparisons", split), rows)
         corpus += [r["summaries"][j]["text"].strip() for r in rows for j in range(2)]
+        if split == "train":
+            first_train = rows
     rng = streams["prompts/train"]
     train_prompts = [
         sampler(rng, f"w{config.seed}-prompt-train-{i:06d}") for i in range(config.n_prompts_train)
@@ -218,6 +230,12 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         corpus, vocab_path(out_dir), vocab_size=config.vocab_size, seed=config.seed,
         user_symbols=TEMPLATE_SYMBOLS,
     )  # fmt: skip
+    n_train = config.n_comparisons[0]
+    if n_train > COMPARISON_BLOCK:
+        rng = np.random.default_rng([config.seed, 7])
+        posts = [sampler(rng, f"w{config.seed}-cmp-train-{i:06d}") for i in range(COMPARISON_BLOCK, n_train)]
+        _write_jsonl(split_path(out_dir, "comparisons", "train"),
+                     first_train + _comparisons(config, rng, posts, "train"))  # fmt: skip
     hashes = {}
     for root, _, names in sorted(os.walk(out_dir)):
         for name in sorted(names):
