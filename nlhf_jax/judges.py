@@ -349,7 +349,8 @@ def preference_metrics(
 
 
 def evaluate_inputs(
-    judge, features: dict[str, np.ndarray], labels: np.ndarray, p_star: Optional[np.ndarray] = None
+    judge, features: dict[str, np.ndarray], labels: np.ndarray, p_star: Optional[np.ndarray] = None,
+    probs_out: Optional[list] = None,
 ) -> dict[str, float]:
     """`preference_metrics` of a model judge on encoded comparisons.
 
@@ -360,23 +361,28 @@ def evaluate_inputs(
       judge: a `PreferenceModelJudge` or `RewardModelJudge`.
       features: `pairwise.preference_features` / `reward_features` of the pairs.
       labels, p_star: float [N] (see `preference_metrics`).
+      probs_out: if given, the judge's P(y > y') [N] is appended to it (so callers
+        that also need the probabilities do not run the model twice).
     """
     if isinstance(judge, PreferenceModelJudge):
         f, f_swapped = judge.scores_from_inputs(features["inputs"], features["inputs_swapped"])
-        out = preference_metrics(judge.combine(f, f_swapped), labels=labels, p_star=p_star,
-                                 f=f, f_swapped=f_swapped)  # fmt: skip
+        p = judge.combine(f, f_swapped)
+        out = preference_metrics(p, labels=labels, p_star=p_star, f=f, f_swapped=f_swapped)
         one = preference_metrics(f, labels=labels)
         out.update(f_accuracy=one["accuracy"], f_loss=one["loss"])
-        return out
-    p = judge.prob_from_inputs(features["inputs"], features["inputs_alt"])
-    return preference_metrics(p, labels=labels, p_star=p_star)
+    else:
+        p = judge.prob_from_inputs(features["inputs"], features["inputs_alt"])
+        out = preference_metrics(p, labels=labels, p_star=p_star)
+    if probs_out is not None:
+        probs_out.append(p)
+    return out
 
 
-def evaluate_texts(judge, texts: pairwise.ComparisonTexts) -> dict[str, float]:
+def evaluate_texts(judge, texts: pairwise.ComparisonTexts, probs_out: Optional[list] = None) -> dict[str, float]:
     """`evaluate_inputs` on labelled comparison texts (e.g. a test split)."""
     build = (pairwise.preference_features if isinstance(judge, PreferenceModelJudge)
              else pairwise.reward_features)  # fmt: skip
-    return evaluate_inputs(judge, build(judge.encoder, texts), texts.labels, texts.p_star)
+    return evaluate_inputs(judge, build(judge.encoder, texts), texts.labels, texts.p_star, probs_out)
 
 
 def world_pair_kinds(path: str) -> list[str]:

@@ -198,11 +198,10 @@ def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> 
     kinds = judges.world_pair_kinds(test_path)
     kind_rows = []
     for name in ("pm", "rm"):
-        judge = judges.load_judge(os.path.join(out, name))
-        m = judges.evaluate_texts(judge, texts)
+        probs: list = []
+        m = judges.evaluate_texts(judges.load_judge(os.path.join(out, name)), texts, probs)
         numbers[f"{name}_test"] = m
-        by_kind = judges.breakdown(judge.prob(texts.prompts, texts.ys, texts.ys_alt), texts.labels,
-                                   texts.p_star, kinds)  # fmt: skip
+        by_kind = judges.breakdown(probs[0], texts.labels, texts.p_star, kinds)
         numbers[f"{name}_by_kind"] = by_kind
         kind_rows.append(by_kind)
         rows.append(f"| {name.upper()} | {m['accuracy']:.3f} | {m['bayes_accuracy']:.3f} | "

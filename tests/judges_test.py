@@ -306,7 +306,7 @@ def test_preference_metrics_on_hand_made_numbers():
     assert perfect["pstar_logloss"] == pytest.approx(perfect["pstar_entropy"])
 
 
-def test_breakdown_by_pair_kind(world, texts, tmp_path):
+def test_breakdown_by_pair_kind(world, texts, pm, tmp_path):
     path = generator.split_path(world, "comparisons", "train")
     kinds = judges.world_pair_kinds(path)
     assert len(kinds) == len(texts) == 24
@@ -317,6 +317,10 @@ def test_breakdown_by_pair_kind(world, texts, tmp_path):
     rng = np.random.default_rng(0)
     p = rng.uniform(size=len(texts))
     rows = judges.breakdown(p, texts.labels, texts.p_star, kinds)
+    probs: list = []
+    m_pm = judges.evaluate_texts(pm, texts, probs)
+    np.testing.assert_allclose(probs[0], pm.prob(texts.prompts, texts.ys, texts.ys_alt), atol=1e-6)
+    assert m_pm["accuracy"] == pytest.approx(judges.preference_metrics(probs[0], labels=texts.labels)["accuracy"])
     assert sum(r["n"] for r in rows) == 24 and len({r["kind"] for r in rows}) == len(rows)
     m = judges.preference_metrics(p, labels=texts.labels, p_star=texts.p_star)
     gap = 100 * (m["bayes_accuracy"] - m["accuracy"])
