@@ -74,12 +74,25 @@ def sample_policies(
     return out
 
 
-def ptau_cells(samples: list[PolicySamples], posts, pm_prob, tau: float) -> dict:
+def ptau_cells(samples: list[PolicySamples], posts, pm_prob, tau: float, antisymmetric: bool = True) -> dict:
     """Table 2's P_tau(column > row) = E[P(y_c > y_r)] - tau KL_c + tau KL_r (single-sample
-    KL estimates on the same prompts), with a normal-approximation 95% interval."""
+    KL estimates on the same prompts), with a normal-approximation 95% interval.
+
+    With an antisymmetric `pm_prob` (a PM judge scoring both orders, the default) the
+    per-prompt value v(r, c) is exactly 1 - v(c, r) and v(r, r) = 1/2, so only the cells
+    above the diagonal run the model (n (n - 1) / 2 of n^2 calls); pass
+    `antisymmetric=False` for a one-order judge to compute every cell.
+    """
     cells = {}
-    for r in samples:
-        for c in samples:
+    for i, r in enumerate(samples):
+        for j, c in enumerate(samples):
+            if antisymmetric and j < i:
+                m = cells[(c.name, r.name)]
+                cells[(r.name, c.name)] = evaluation.Comparison(1 - m.mean, 1 - m.hi, 1 - m.lo, -1, m.n)
+                continue
+            if antisymmetric and i == j:
+                cells[(r.name, c.name)] = evaluation.Comparison(0.5, 0.5, 0.5, -1, len(posts))
+                continue
             p = np.asarray(pm_prob(posts, c.texts, r.texts), np.float64)
             v = p - tau * (c.seq_logp - c.seq_ref_logp) + tau * (r.seq_logp - r.seq_ref_logp)
             se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
@@ -218,7 +231,7 @@ def main(argv) -> int:
         p.error(f"--judge {a.judge!r}: expected world, pm:DIR, rm:DIR or ptau:DIR")
     responses = {s.name: s.texts for s in samples}
     if kind == "ptau":
-        cells = ptau_cells(samples, posts, prob, a.tau)
+        cells = ptau_cells(samples, posts, prob, a.tau, antisymmetric=getattr(judge, "both_orders", False))
     else:
         cells = evaluation.win_rate_matrix(names, responses, posts, lambda x, y, z: evaluation.judge_texts(
             type("J", (), {"prob": staticmethod(prob)})(), x, y, z), seed=a.seed)

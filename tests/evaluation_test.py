@@ -103,3 +103,29 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
     assert not got["win rate against RLHF is single-peaked in beta"]
     assert not got["Nash-MD-PG with beta = 0.125 beats RLHF head to head (lower bound > 0.5)"]
     assert not got["best response over-optimises: it loses to RLHF and has the lowest win rate against SFT"]
+
+
+def test_ptau_cells_mirror_an_antisymmetric_judge_exactly():
+    from nlhf_jax import run_evaluate
+
+    rng = np.random.default_rng(1)
+    samples = []
+    for name in ("sft", "a", "b"):
+        texts = _policy(rng, 50)
+        samples.append(run_evaluate.PolicySamples(name, "", texts, None, None, seq_logp=rng.normal(size=50),
+                                                  seq_ref_logp=rng.normal(size=50)))
+    calls = []
+
+    def prob(posts, ys, ys_alt):
+        calls.append(1)
+        return _judge(posts, ys, ys_alt)
+
+    full = run_evaluate.ptau_cells(samples, [""] * 50, prob, 0.1, antisymmetric=False)
+    assert len(calls) == 9
+    calls.clear()
+    fast = run_evaluate.ptau_cells(samples, [""] * 50, prob, 0.1)
+    assert len(calls) == 3
+    for key, cell in full.items():
+        assert fast[key].mean == pytest.approx(cell.mean, abs=1e-12), key
+    assert fast[("a", "b")].mean + fast[("b", "a")].mean == pytest.approx(1.0, abs=1e-12)
+    assert fast[("a", "a")].mean == 0.5
