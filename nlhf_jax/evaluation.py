@@ -52,6 +52,12 @@ class Comparison:
     wins: int
     n: int
 
+    def mirrored(self) -> "Comparison":
+        """P(b > a) under an antisymmetric judge: 1 - mean, the interval reflected
+        (wins = -1, "not a count", stays -1)."""
+        wins = self.n - self.wins if self.wins >= 0 else -1
+        return Comparison(1 - self.mean, 1 - self.hi, 1 - self.lo, wins, self.n)
+
 
 def compare(probs: np.ndarray, seed: int = 0) -> Comparison:
     """Summarises judge probabilities P(a_i > b_i), i < N, into a Comparison."""
@@ -148,9 +154,7 @@ def win_rate_matrix(
                 out[(row, col)] = Comparison(0.5, lo, hi, n // 2, n)
                 continue
             if j < i:
-                mirrored = out[(col, row)]
-                out[(row, col)] = Comparison(1 - mirrored.mean, 1 - mirrored.hi, 1 - mirrored.lo,
-                                             mirrored.n - mirrored.wins, mirrored.n)
+                out[(row, col)] = out[(col, row)].mirrored()
                 continue
             probs = prob_fn(posts, responses[col], responses[row])
             out[(row, col)] = compare(probs, seed=seed + 1000 * i + j)

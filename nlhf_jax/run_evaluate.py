@@ -87,8 +87,7 @@ def ptau_cells(samples: list[PolicySamples], posts, pm_prob, tau: float, antisym
     for i, r in enumerate(samples):
         for j, c in enumerate(samples):
             if antisymmetric and j < i:
-                m = cells[(c.name, r.name)]
-                cells[(r.name, c.name)] = evaluation.Comparison(1 - m.mean, 1 - m.hi, 1 - m.lo, -1, m.n)
+                cells[(r.name, c.name)] = cells[(c.name, r.name)].mirrored()
                 continue
             if antisymmetric and i == j:
                 cells[(r.name, c.name)] = evaluation.Comparison(0.5, 0.5, 0.5, -1, len(posts))
