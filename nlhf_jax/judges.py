@@ -112,17 +112,18 @@ class _ModelJudge:
         self.params = _place_params(network, params, self.mesh, self.rules)
         self._batch_sharding = partitioning.batch_sharding(self.mesh, 2)
         self._fn = jax.jit(
-            functools.partial(preference.pair_logits, network,
+            functools.partial(preference.target_logits, network,
                               target_token=encoder.target_token_id,
                               decoder_len=encoder.decoder_len),
             out_shardings=partitioning.replicated(self.mesh),
         )  # fmt: skip
 
-    def pair_logits(self, inputs: np.ndarray, inputs_other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Target logits of two [B, K] input arrays, chunk by chunk: (float32 [B], [B])."""
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """Target logits of a [N, K] input array, float32 [N]: forward passes of at most
+        2 x chunk_size rows (a chunk of pairs, both members), the last one padded."""
         n = len(inputs)
-        out_a, out_b = np.zeros(n, np.float32), np.zeros(n, np.float32)
-        chunk = self._chunk_for(n)
+        out = np.zeros(n, np.float32)
+        chunk = 2 * self._chunk_for(-(-n // 2))
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             for start in range(0, n, chunk):
                 idx = np.arange(start, min(start + chunk, n))
@@ -130,22 +131,23 @@ class _ModelJudge:
                 # Padding rows repeat row 0 (an all-padding row would be a needless
                 # special case for the attention masks); their outputs are dropped.
                 idx = np.concatenate([idx, np.full(chunk - real, idx[0])])
-                a, b = jax.device_get(self._fn(
-                    self.params,
-                    jax.device_put(inputs[idx], self._batch_sharding),
-                    jax.device_put(inputs_other[idx], self._batch_sharding),
-                ))  # fmt: skip
-                out_a[start:start + real] = a[:real]
-                out_b[start:start + real] = b[:real]
-        return out_a, out_b
+                z = jax.device_get(self._fn(self.params, jax.device_put(inputs[idx], self._batch_sharding)))
+                out[start:start + real] = z[:real]
+        return out
+
+    def pair_logits(self, inputs: np.ndarray, inputs_other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Target logits of two [B, K] input arrays, in the same forward passes: (float32
+        [B], [B])."""
+        z = self.logits(np.concatenate([inputs, inputs_other]))
+        return z[: len(inputs)], z[len(inputs):]
 
     def _chunk_for(self, n: int) -> int:
-        """Rows per forward pass for a call with `n` pairs.
+        """Pairs per forward pass (both members: 2x the rows) for a call with `n` pairs.
 
         `chunk_size` bounds memory; a smaller call (a policy batch of 32 against the
         default 256) runs the next power of two at or above n, rounded to the batch
         shards, instead of padding to `chunk_size`: 8x less work per training step there,
-        and still a handful of shapes to compile.
+        and still a handful of shapes to compile. `logits` runs 2x this many rows.
         """
         small = 1 << max(int(n) - 1, 0).bit_length()
         small = -(-small // self._shards) * self._shards
@@ -207,16 +209,7 @@ class RewardModelJudge(_ModelJudge):
 
     def rewards(self, prompts: Sequence[str], ys: Sequence[str]) -> np.ndarray:
         """r(x, y), float32 [B] (for RLHF)."""
-        inputs = self.encoder.encode_texts(prompts, ys)
-        # The network scores two inputs per row: half the rows on each side (the second
-        # half padded with row 0 when n is odd) instead of every row twice.
-        n = len(inputs)
-        half = (n + 1) // 2
-        second = inputs[half:]
-        if len(second) < half:
-            second = np.concatenate([second, inputs[:half - len(second)]])
-        r_first, r_second = self.pair_logits(inputs[:half], second)
-        return np.concatenate([r_first, r_second[: n - half]])
+        return self.logits(self.encoder.encode_texts(prompts, ys))
 
     def prob_from_inputs(self, inputs: np.ndarray, inputs_alt: np.ndarray) -> np.ndarray:
         """sigmoid(r(x, y) - r(x, y')) from encoded inputs (x, y) and (x, y'), [B, K] each."""
