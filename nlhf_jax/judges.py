@@ -432,7 +432,7 @@ def shifted_pairs(
     n: int,
     seed: int = 1234,
     style_mix: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
-    quality_mix: Sequence[float] = (1.0, 0.0, 0.0),
+    quality_mix: Sequence[float] = (1.0, 0.0, 0.0, 0.0),
 ) -> tuple[list[str], list[str], list[str]]:
     """Pairs of world summaries from another distribution than the comparison data.
 

@@ -132,6 +132,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
                                          {"decoding": cfg.__dict__, "num_prompts": len(posts)})
     judges_md, judge_numbers = judge_section(out, world_dir, samples, posts, world, ds.meta.get("ids"))
     st_md, st = run_evaluate.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
+    q_md, quality = run_evaluate.quality_table(samples, world_dir, posts)
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
     rep = describe.describe_world(generator.load_config(world_dir), taus=(tau, 0.05))
     pred = rep.style_predictions
@@ -168,6 +169,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         + "\n\n![P_tau heatmap](matrix_ptau/heatmap.png)",
         "## Judges and the SFT policy\n\n" + judges_md,
         "## Style distribution of each policy vs the regularised Nash equilibrium over styles\n\n" + st_md,
+        "## Quality of each policy's samples (world parser)\n\n" + q_md,
         "## Training curves\n\n![curves](curves.png)",
         "## Stage wall times (seconds, this machine)\n\n| stage | s |\n|---|---:|\n" + timing_rows,
     ])
@@ -175,7 +177,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     with open(path, "w") as f:
         f.write(text + "\n")
     with open(os.path.join(eval_dir, "report.json"), "w") as f:
-        json.dump({"styles": st, "timings": timings, "names": list(names), "judges": judge_numbers,
+        json.dump({"styles": st, "quality": quality, "timings": timings, "names": list(names), "judges": judge_numbers,
                    "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
                    "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
                    "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,

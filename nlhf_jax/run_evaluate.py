@@ -170,6 +170,31 @@ def style_table(samples: list[PolicySamples], world_dir: str, taus: Sequence[flo
     return "\n".join(rows), {"styles": data, "nash": {str(t): v.tolist() for t, v in nash.items()}}
 
 
+def quality_table(samples: list[PolicySamples], world_dir: str, posts: Sequence[str]) -> tuple[str, dict]:
+    """Each policy's quality under the world's parser: the errors the judges must catch.
+
+    Columns: share of samples covering the main point, with a word the post does not
+    support, with a repeated content word (a clause copied into the wrong place), mean
+    number of words, and the raters' shared quality utility (higher is better; see
+    `raters.RaterPopulation.quality`).
+    """
+    from nlhf_jax.data.world import raters
+
+    judge = raters.Judge.for_world(world_dir)
+    rows = ["| policy | main point | unsupported word | repeated word | words | quality |",
+            "|---|---:|---:|---:|---:|---:|"]
+    data = {}
+    for s in samples:
+        f = judge.features(posts, s.texts)
+        d = {"main_point": float(f.main_point.mean()), "unsupported": float((f.unsupported > 0).mean()),
+             "repeated": float((f.repeats > 0).mean()), "words": float(f.n_words.mean()),
+             "quality": float(judge.population.quality(f).mean())}
+        data[s.name] = d
+        rows.append(f"| {s.name} | {d['main_point']:.2f} | {d['unsupported']:.2f} | {d['repeated']:.2f} "
+                    f"| {d['words']:.1f} | {d['quality']:.2f} |")
+    return "\n".join(rows), data
+
+
 def _world_config(world_dir: str):
     from nlhf_jax.data.world import generator
 
@@ -238,13 +263,16 @@ def main(argv) -> int:
              "policies": dict(policies), "judge": a.judge}
     md = write_outputs(a.out, names, cells, title, extra)
     st_md, st = style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
+    q_md, q = quality_table(samples, world_dir, posts)
     with open(os.path.join(a.out, "styles.md"), "w") as f:
-        f.write(st_md + "\n")
+        f.write(st_md + "\n\n" + q_md + "\n")
     with open(os.path.join(a.out, "styles.json"), "w") as f:
-        json.dump(st, f, indent=1)
+        json.dump({**st, "quality": q}, f, indent=1)
     print(md)
     print()
     print(st_md)
+    print()
+    print(q_md)
     return 0
 
 

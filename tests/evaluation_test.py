@@ -1,5 +1,7 @@
 """Win-rate matrices: Clopper-Pearson intervals, symmetry, and a policy against itself."""
 
+import json
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -129,3 +131,26 @@ def test_ptau_cells_mirror_an_antisymmetric_judge_exactly():
         assert fast[key].mean == pytest.approx(cell.mean, abs=1e-12), key
     assert fast[("a", "b")].mean + fast[("b", "a")].mean == pytest.approx(1.0, abs=1e-12)
     assert fast[("a", "a")].mean == 0.5
+
+
+def test_quality_table_counts_the_parser_features(tmp_path):
+    from nlhf_jax import run_evaluate
+    from nlhf_jax.data.world import generator
+
+    world = str(tmp_path / "w")
+    generator.generate(generator.WorldConfig(n_sft=(4, 2, 4), n_comparisons=(4, 2, 2), n_prompts_train=2), world)
+    with open(generator.split_path(world, "sft", "test")) as f:
+        rows = [json.loads(line) for line in f]
+    posts = [r["post"] for r in rows]
+    refs = [r["summary"] for r in rows]
+    # Each reference with its first clause said twice: one repeated word at least.
+    doubled = [r.rstrip(" .") + " and " + r.rstrip(" .") + " ." for r in refs]
+    samples = [run_evaluate.PolicySamples("ref", "", refs, None, None),
+               run_evaluate.PolicySamples("doubled", "", doubled, None, None),
+               run_evaluate.PolicySamples("empty", "", [""] * len(refs), None, None)]
+    md, data = run_evaluate.quality_table(samples, world, posts)
+    assert data["doubled"]["repeated"] == 1.0 and data["empty"]["main_point"] == 0.0
+    assert data["ref"]["repeated"] == 0.0
+    assert data["ref"]["quality"] > data["doubled"]["quality"] > data["empty"]["quality"]
+    assert data["doubled"]["words"] > data["ref"]["words"] > data["empty"]["words"] == 0
+    assert md.splitlines()[0].startswith("| policy | main point") and len(md.splitlines()) == 5

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nlhf_jax.data.world import cli, describe, game, generator
+from nlhf_jax.data.world import cli, describe, game, generator, styles
 
 CONCISE, EXHAUSTIVE, FEELINGS, CHRONO = range(4)
 
@@ -89,9 +89,13 @@ def test_default_world_predicts_nash_beats_rlhf_beats_sft(report):
             # Index 0 is concise (style game) and concise-faithful (type game).
             assert int(np.argmax(by_tau[tau].nash)) == 0
     # On the style x quality game, both methods leave the unfaithful types behind.
+    nq = len(styles.QUALITIES)
     for p in report.type_predictions[:4]:
-        assert p.nash.reshape(4, 3)[:, 0].sum() > 0.99 and p.rlhf.reshape(4, 3)[:, 0].sum() > 0.99
-        assert p.rlhf.reshape(4, 3).sum(1)[EXHAUSTIVE] > 0.9
+        nash, rlhf = p.nash.reshape(4, nq), p.rlhf.reshape(4, nq)
+        assert nash[:, 0].sum() > 0.99 and rlhf[:, 0].sum() > 0.99
+        assert rlhf.sum(1)[EXHAUSTIVE] > 0.9
+        # The SFT reference never garbles, so a regularised policy cannot either.
+        assert nash[:, styles.GARBLED].sum() == 0 and rlhf[:, styles.GARBLED].sum() == 0
 
 
 def test_another_seed_keeps_the_properties():

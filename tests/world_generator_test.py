@@ -132,6 +132,37 @@ def test_load_config_and_judge_for_world(world):
     assert p[0] == p[1] > 0.99  # any reference beats empty text
 
 
+def test_garbled_summaries_only_in_the_noisy_source(tmp_path):
+    cfg = dataclasses.replace(SMALL, n_comparisons=(300, 4, 4), noisy_quality_mix=(0.4, 0.2, 0.2, 0.2))
+    world = str(tmp_path / "g")
+    generator.generate(cfg, world)
+    rows = read_lines(generator.split_path(world, "comparisons", "train"))
+    notes = collections.Counter()
+    for row in rows:
+        for s in row["summaries"]:
+            notes[(s["policy"], s["note"].split("/")[1])] += 1
+    assert notes[("ref", "garbled")] == 0 and notes[("noisy", "garbled")] > 30
+    sft = read_lines(generator.split_path(world, "sft", "train"))
+    assert "garbled" not in {r["quality"] for r in sft}
+
+
+def test_config_mixes_are_checked_and_version_1_configs_load(world, tmp_path):
+    with pytest.raises(ValueError, match="noisy_quality_mix .* 4 non-negative"):
+        generator.WorldConfig(noisy_quality_mix=(0.4, 0.3, 0.3))
+    with pytest.raises(ValueError, match="style_mix"):
+        generator.WorldConfig(style_mix=(0.5, 0.5, 0.5, 0.5))
+    # A world written before the garbled quality existed lists three qualities.
+    old = tmp_path / "old"
+    old.mkdir()
+    with open(os.path.join(world, "world.json")) as f:
+        meta = json.load(f)
+    meta["config"]["quality_mix"] = [0.8, 0.1, 0.1]
+    meta["config"]["noisy_quality_mix"] = [0.4, 0.3, 0.3]
+    (old / "world.json").write_text(json.dumps(meta))
+    cfg = generator.load_config(str(old))
+    assert cfg.quality_mix == (0.8, 0.1, 0.1, 0.0) and cfg.noisy_quality_mix == (0.4, 0.3, 0.3, 0.0)
+
+
 def test_ensure_world_is_lazy_cached_and_safe(tmp_path):
     target = str(tmp_path / "lazy")
     cfg = generator.WorldConfig(n_sft=(20, 5, 5), n_comparisons=(20, 5, 5), n_prompts_train=5)

@@ -11,7 +11,7 @@ Two games are reported:
 * the *style* game: styles compared among faithful summaries (quality held fixed, so
   only the style disagreements are left), with the SFT style distribution as mu and
   a Bradley-Terry reward fitted on pairs drawn from it;
-* the *style x quality* game over 12 response types, with the SFT distribution as mu
+* the *style x quality* game over 16 response types, with the SFT distribution as mu
   and the reward fitted on the comparison-pair distribution (reference versus noisier
   summaries), which is what the deep pipeline's reward model sees. It adds the
   transitive quality component on which every method improves over SFT.
@@ -93,7 +93,7 @@ def describe_world(
     config = config or generator.WorldConfig()
     type_game = game.measure_type_game(config.population, n_posts=n_posts, seed=config.seed)
     mu = np.asarray(config.style_mix, dtype=np.float64)
-    p_style = type_game.style_matrix([1.0, 0.0, 0.0])
+    p_style = type_game.style_matrix([1.0] + [0.0] * (len(styles.QUALITIES) - 1))
     p_sft = type_game.style_matrix(config.quality_mix)
     reward_style = game.bt_fit(p_style, np.outer(mu, mu))
     reward_sft = game.bt_fit(p_sft, np.outer(mu, mu))
@@ -113,8 +113,20 @@ def describe_world(
         type_game=type_game,
         type_mu=ref,
         type_reward=type_reward,
-        type_predictions=game.predict(type_game.P, ref, type_reward, taus),
+        type_predictions=_predict_on_support(type_game.P, ref, type_reward, taus),
     )
+
+
+def _predict_on_support(P, mu, reward, taus) -> list:
+    """`game.predict` over the types mu draws (garbled ones it never does: a policy
+    regularised towards mu gives them no mass), with the vectors padded back to all types."""
+    keep = np.flatnonzero(mu > 0)
+    out = []
+    for p in game.predict(P[np.ix_(keep, keep)], mu[keep], reward[keep], taus):
+        nash, rlhf = np.zeros(len(mu)), np.zeros(len(mu))
+        nash[keep], rlhf[keep] = p.nash, p.rlhf
+        out.append(dataclasses.replace(p, nash=nash, rlhf=rlhf))
+    return out
 
 
 def _vec(v: np.ndarray) -> str:
@@ -174,7 +186,7 @@ def format_report(rep: WorldReport) -> str:
     for p in rep.style_predictions:
         out.append(f"  {p.tau:<7g}{_vec(p.nash):<34}{_vec(p.rlhf):<34}{_wins(p)}")
     nq = len(styles.QUALITIES)
-    out += ["", "Prediction on the style x quality game (12 response types; reward fitted on "
+    out += ["", f"Prediction on the style x quality game ({len(styles.STYLES) * nq} response types; reward fitted on "
             "the comparison pairs: reference vs noisier summaries); style marginals, and "
             "the faithful share:"]  # fmt: skip
     out.append(f"  {'tau':<7}{'Nash styles':<34}{'faithful':>9}  {'RLHF styles':<34}"

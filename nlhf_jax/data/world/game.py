@@ -92,6 +92,8 @@ def regularized_nash(
     Raises:
       RuntimeError: if the residual stays above `tol`.
     """
+    if (np.asarray(mu) <= 0).any():
+        raise ValueError(f"regularized_nash needs a reference with full support, got mu = {mu}")
     log_mu = np.log(mu)
     pi = mu.copy()
     residual = np.inf
@@ -177,6 +179,9 @@ def measure_type_game(
       The measured `TypeGame`.
     """
     rng = np.random.default_rng([seed, 7])
+    # Garbled summaries draw from their own stream, so the posts and the other types'
+    # texts are those of generator version 1 (which had no garbled quality).
+    rng_garbled = np.random.default_rng([seed, 8])
     n_types = len(styles.STYLES) * len(styles.QUALITIES)
     infos, texts = [], []
     for i in range(n_posts):
@@ -185,7 +190,8 @@ def measure_type_game(
         for style in range(len(styles.STYLES)):
             for quality in range(len(styles.QUALITIES)):
                 infos.append(info)
-                texts.append(styles.render_summary(rng, post, style, quality))
+                r = rng_garbled if quality == styles.GARBLED else rng
+                texts.append(styles.render_summary(r, post, style, quality))
     u = population.utilities(parser.featurize(infos, texts))  # [K, n_posts * n_types]
     u = u.reshape(len(population.types), n_posts, n_types)
     d = (u[:, :, :, None] - u[:, :, None, :]) / population.temperatures[:, None, None, None]

@@ -35,7 +35,8 @@ import numpy as np
 from nlhf_jax.data import templates
 from nlhf_jax.data.world import grammar, parser, raters, styles
 
-GENERATOR_VERSION = 1
+# 2: the `garbled` quality (off by default; the data of version 1 is unchanged).
+GENERATOR_VERSION = 2
 SPLITS = ("train", "valid", "test")
 COMPARISON_SPLIT_NAMES = {"train": "train", "valid": "valid1", "test": "valid2"}
 # SFT style frequencies (concise, exhaustive, feelings_first, chronological): the
@@ -79,10 +80,28 @@ class WorldConfig:
     n_comparisons: tuple[int, int, int] = (90000, 1000, 1000)
     n_prompts_train: int = 5000
     style_mix: tuple[float, ...] = DEFAULT_STYLE_MIX
-    quality_mix: tuple[float, ...] = (0.8, 0.1, 0.1)
-    noisy_quality_mix: tuple[float, ...] = (0.4, 0.3, 0.3)
+    # References never garble (a zero weight leaves the draws of version 1 unchanged, so
+    # the SFT files are byte-identical to that version's).
+    quality_mix: tuple[float, ...] = (0.8, 0.1, 0.1, 0.0)
+    # The noisier source may also write `styles.GARBLED` summaries, the errors a small
+    # trained policy makes (RL policies on the default world drift into them: the
+    # judges never saw one). Off by default: with (0.4, 0.2, 0.2, 0.2) the quick demo's
+    # PM fell from 0.76 to 0.65 accuracy (Bayes 0.83 -> 0.79) and its policies still
+    # garbled as often; see the README. A zero weight keeps version 1's bytes.
+    noisy_quality_mix: tuple[float, ...] = (0.4, 0.3, 0.3, 0.0)
     population: raters.RaterPopulation = raters.RaterPopulation()
     vocab_size: int = 512
+
+    def __post_init__(self):
+        for name in ("style_mix", "quality_mix", "noisy_quality_mix"):
+            mix = getattr(self, name)
+            want = len(styles.STYLES) if name == "style_mix" else len(styles.QUALITIES)
+            names = styles.STYLES if name == "style_mix" else styles.QUALITIES
+            if len(mix) != want or min(mix) < 0 or abs(sum(mix) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"WorldConfig.{name} = {tuple(mix)} must be {want} non-negative "
+                    f"probabilities summing to 1, over {names}"
+                )
 
     def fingerprint(self) -> str:
         """A hash of the config and the generator version (cache key)."""
@@ -315,6 +334,10 @@ def load_config(data_dir: str) -> WorldConfig:
         for t in pop.pop("types")
     )
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    for name in ("quality_mix", "noisy_quality_mix"):  # version 1 had no `garbled`
+        missing = len(styles.QUALITIES) - len(fields.get(name, ()))
+        if name in fields and missing > 0:
+            fields[name] = fields[name] + (0.0,) * missing
     return WorldConfig(**fields, population=raters.RaterPopulation(types=types, **pop))
 
 

@@ -19,9 +19,17 @@ Quality variants:
 * ``faithful``: every content word is supported by the post and the main point is in;
 * ``misses_main``: the main fact is left out (another fact takes its place);
 * ``hallucinated``: the main point is in, but a fact that is not in the post (an unused
-  person doing an unused event) is added or swapped in.
+  person doing an unused event) is added or swapped in;
+* ``garbled``: the main point is in, but one clause takes its person or its event from
+  another clause (one repeated content word) or from nowhere in the post (one
+  unsupported word). These are the errors a small trained summariser makes when it
+  copies the wrong part of a clause, and RL policies trained against learned judges
+  drift into them (the judges never saw one). References never garble; the noisier
+  comparison source does when `WorldConfig.noisy_quality_mix` gives them weight (zero by
+  default: see the README for what they did to the demo's judges).
 """
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +41,8 @@ STYLES: tuple[str, ...] = ("concise", "exhaustive", "feelings_first", "chronolog
 # garbage): not a style a reference ever has, but one every rater dislikes.
 NONE_STYLE = len(STYLES)
 STYLE_NAMES: tuple[str, ...] = STYLES + ("none",)
-QUALITIES: tuple[str, ...] = ("faithful", "misses_main", "hallucinated")
-FAITHFUL, MISSES_MAIN, HALLUCINATED = 0, 1, 2
+QUALITIES: tuple[str, ...] = ("faithful", "misses_main", "hallucinated", "garbled")
+FAITHFUL, MISSES_MAIN, HALLUCINATED, GARBLED = 0, 1, 2, 3
 MAX_SUMMARY_WORDS = 24  # alphabetic words; references never exceed it
 SEQUENCE_MARKERS = ("first", "then", "finally")
 FEELING_OPENERS = (("{f}", "because"), ("feeling", "{f}", ":"), ("{f}", ","))
@@ -60,6 +68,42 @@ def _invented_fact(rng: np.random.Generator, post: grammar.Post, time: int = 0) 
     )
 
 
+def _garbled_fact(
+    rng: np.random.Generator, post: grammar.Post, fact: grammar.Fact, shown: Sequence[grammar.Fact]
+) -> grammar.Fact:
+    """`fact` with its person or its event swapped for another one.
+
+    Half the time the replacement comes from another fact in `shown` (the summary then
+    repeats that content word), otherwise from the inventory words the post does not
+    use (one unsupported word). Callers never pass the main fact with an event swap, so
+    the main point stays covered.
+    """
+    field = "person" if rng.random() < 0.5 else "event"
+    others = [f for f in shown if getattr(f, field) != getattr(fact, field)]
+    if others and rng.random() < 0.5:
+        source = others[int(rng.integers(len(others)))]
+        return dataclasses.replace(fact, **{field: getattr(source, field)})
+    used = {getattr(f, field) for f in post.facts}
+    size = len(grammar.PEOPLE) if field == "person" else len(grammar.EVENTS)
+    free = [i for i in range(size) if i not in used]
+    return dataclasses.replace(fact, **{field: free[int(rng.integers(len(free)))]})
+
+
+def _garbled_main(rng: np.random.Generator, post: grammar.Post, main: grammar.Fact) -> tuple:
+    """For one-clause styles: (the main fact, an extra clause or None), garbled.
+
+    Either the main fact's person becomes one the post does not use (one unsupported
+    word), or a side fact's person is said to do the main event too (the event keyword
+    repeats).
+    """
+    side = post.facts[_others(post)[int(rng.integers(3))]]
+    if rng.random() < 0.5:
+        used = {f.person for f in post.facts}
+        free = [i for i in range(len(grammar.PEOPLE)) if i not in used]
+        return dataclasses.replace(main, person=free[int(rng.integers(len(free)))]), None
+    return main, dataclasses.replace(side, event=main.event, place=None)
+
+
 def _n_words(words: Sequence[str]) -> int:
     return sum(w.isalpha() for w in words)
 
@@ -71,9 +115,14 @@ def _others(post: grammar.Post) -> list[int]:
 def _concise(rng, post, quality) -> list[str]:
     others = _others(post)
     focus = post.facts[post.main if quality != MISSES_MAIN else others[int(rng.integers(3))]]
+    extra = None
+    if quality == GARBLED:
+        focus, extra = _garbled_main(rng, post, focus)
     words = focus.clause(with_place=rng.random() < 0.2, with_time=rng.random() < 0.4)
     if quality == HALLUCINATED:
         words += ["and"] + _invented_fact(rng, post).clause()
+    if extra is not None:
+        words += ["and"] + extra.clause()
     return words + ["."]
 
 
@@ -83,6 +132,9 @@ def _exhaustive(rng, post, quality) -> list[str]:
         del facts[post.main]
     elif quality == HALLUCINATED:  # swap one side fact for an invented one
         facts[_others(post)[int(rng.integers(3))]] = _invented_fact(rng, post)
+    elif quality == GARBLED:
+        i = _others(post)[int(rng.integers(3))]
+        facts[i] = _garbled_fact(rng, post, facts[i], facts)
     words: list[str] = []
     for i, fact in enumerate(facts):
         if i:
@@ -98,9 +150,14 @@ def _feelings_first(rng, post, quality) -> list[str]:
         focus = post.facts[_others(post)[int(rng.integers(3))]]
     feeling = grammar.FEELINGS[focus.feeling if focus.feeling is not None else main.feeling]
     opener = FEELING_OPENERS[int(rng.integers(len(FEELING_OPENERS)))]
+    extra = None
+    if quality == GARBLED:
+        focus, extra = _garbled_main(rng, post, focus)
     words = [feeling if w == "{f}" else w for w in opener] + focus.clause()
     if quality == HALLUCINATED:
         words += ["and"] + _invented_fact(rng, post).clause()
+    if extra is not None:
+        words += ["and"] + extra.clause()
     return words + ["."]
 
 
@@ -115,6 +172,8 @@ def _chronological(rng, post, quality) -> list[str]:
             # It replaces side fact order[0] and borrows that fact's (supported) time.
             chosen[1] = _invented_fact(rng, post, time=post.facts[order[0]].time)
     chosen = chosen[: 2 + int(rng.random() < 0.5)]  # the first two always stay
+    if quality == GARBLED:  # chosen[1] is a side fact; only the first two always stay
+        chosen[1] = _garbled_fact(rng, post, chosen[1], chosen[:2])
     while True:
         story = sorted(chosen, key=lambda f: f.time)
         words: list[str] = []
@@ -162,7 +221,7 @@ def sample_summary(
       rng: the generator.
       post: the post.
       style_mix: probabilities over `STYLES`, shape [4].
-      quality_mix: probabilities over `QUALITIES`, shape [3].
+      quality_mix: probabilities over `QUALITIES`, shape [4].
 
     Returns:
       (text, style index, quality index).

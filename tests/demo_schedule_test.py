@@ -1,0 +1,118 @@
+"""The demo's stage scheduler: dependency order, concurrency, failures, resumption."""
+
+import subprocess
+import sys
+
+import pytest
+
+from nlhf_jax import demo
+
+
+def _plan(tmp_path):
+    plan, _ = demo.stage_plan("quick", str(tmp_path))
+    return plan
+
+
+def test_dependencies_follow_the_judges(tmp_path):
+    deps = demo.stage_dependencies(_plan(tmp_path))
+    assert deps["sft"] == [] and deps["pm"] == ["sft"] and deps["rm"] == ["sft"]
+    assert deps["rlhf"] == ["sft", "rm"]
+    for name in ("self_play", "nash_md", "best_response", "nash_ema"):
+        assert deps[name] == ["sft", "pm"]
+
+
+def test_cpu_groups_are_disjoint_and_cover_an_even_split():
+    assert demo.cpu_groups(2, [0, 1]) == [[0], [1]]
+    assert demo.cpu_groups(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
+    assert demo.cpu_groups(3, [5]) == [[5]]  # never more groups than CPUs
+    assert demo.cpu_groups(2, []) == [[], []]
+
+
+class _Fake:
+    """A stage process that exits with `rc` after `polls` polls."""
+
+    def __init__(self, log, name, rc=0, polls=2):
+        self.log, self.name, self.rc, self.left = log, name, rc, polls
+        self.terminated = False
+
+    def poll(self):
+        self.left -= 1
+        if self.left > 0 and not self.terminated:
+            return None
+        self.log.append(("exit", self.name))
+        return self.rc if not self.terminated else -15
+
+    def terminate(self):
+        self.terminated = True
+
+    def wait(self):
+        return 0
+
+
+def _run(names, deps, jobs, rc=None, done=()):
+    log, procs, slots = [], {}, {}
+
+    def launch(name, slot):
+        assert slot not in slots.values(), "two running stages share a slot"
+        log.append(("start", name))
+        slots[name] = slot
+        procs[name] = _Fake(log, name, rc=(rc or {}).get(name, 0), polls=2 + len(name) % 3)
+        return procs[name]
+
+    finished = []
+
+    def on_finish(name, seconds):
+        finished.append(name)
+        slots.pop(name)
+
+    demo.run_stages(names, deps, lambda n: n in done, launch, jobs, on_finish, poll_s=0)
+    return log, finished, procs
+
+
+def test_stages_respect_dependencies_and_the_job_limit(tmp_path):
+    plan = _plan(tmp_path)[1:]  # after SFT, as the demo runs them
+    deps = demo.stage_dependencies(_plan(tmp_path))
+    names = [n for n, _, _ in plan]
+    log, finished, _ = _run(names, deps, jobs=2, done={"sft"})
+    assert sorted(finished) == sorted(names)
+    running, ended = set(), set()
+    for event, name in log:
+        if event == "start":
+            assert all(d in ended or d == "sft" for d in deps[name]), (name, ended)
+            running.add(name)
+            assert len(running) <= 2
+        else:
+            running.discard(name)
+            ended.add(name)
+    # PM and RM run side by side.
+    assert log[:2] == [("start", "pm"), ("start", "rm")]
+
+
+def test_finished_stages_are_skipped(tmp_path):
+    deps = demo.stage_dependencies(_plan(tmp_path))
+    names = ["pm", "rm", "rlhf", "nash_md"]
+    log, finished, _ = _run(names, deps, jobs=2, done={"sft", "pm", "rm"})
+    assert finished == ["rlhf", "nash_md"] or finished == ["nash_md", "rlhf"]
+    assert ("start", "pm") not in log
+
+
+def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
+    deps = demo.stage_dependencies(_plan(tmp_path))
+    with pytest.raises(demo.StageError, match="stage rm failed") as e:
+        _run(["pm", "rm", "rlhf"], deps, jobs=2, rc={"rm": 1}, done={"sft"})
+    assert e.value.stage == "rm"
+
+
+def test_unmeetable_dependencies_are_an_error():
+    with pytest.raises(SystemExit, match="cannot run"):
+        demo.run_stages(["a"], {"a": ["missing"]}, lambda n: False, None, 2, poll_s=0)
+
+
+def test_preempted_child_is_not_marked_finished():
+    finished = []
+    code = f"import sys; sys.exit({demo.PREEMPTED_EXIT})"
+    with pytest.raises(demo.StageError, match="interrupted"):
+        demo.run_stages(["a"], {}, lambda n: False,
+                        lambda n, s: subprocess.Popen([sys.executable, "-c", code]), 1,
+                        lambda n, t: finished.append(n), poll_s=0.05)
+    assert finished == []
