@@ -19,7 +19,7 @@ from its own checkpoints. On a CPU-only machine with two or more cores, the stag
 SFT run two at a time (`--jobs`), each pinned to half of the cores and logging to its
 own `stage.log`: the PM beside the RM, then RLHF, then the other policies in pairs.
 
-Presets: `quick` (default; 19.6 minutes measured on 2 CPU cores) and `paper` (the
+Presets: `quick` (default; 19.5 minutes measured on 2 CPU cores) and `paper` (the
 paper's grid of beta and two EMA decays, 300 steps each, on the quick preset's SFT, PM
 and RM).
 """
