@@ -91,15 +91,29 @@ def _mark_done(path: str, seconds: float) -> None:
         json.dump({"seconds": round(seconds, 1)}, f)
 
 
-def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
-    """Runs one `nlhf train` stage in this process; returns its wall time."""
-    from nlhf_jax import run_train
+def _read_done(path: str) -> Optional[float]:
+    """The wall time a finished stage recorded in its DONE file; None if unfinished."""
+    if not _done(path):
+        return None
+    with open(os.path.join(path, "DONE")) as f:
+        return json.load(f).get("seconds", 0.0)
 
+
+def _train_args(gin_file: str, model_dir: str, bindings: list, repo: str) -> list:
+    """`nlhf train` arguments of one stage; prints the equivalent shell command."""
     args = [f"--gin_file={os.path.join(repo, gin_file)}", f"--gin.MODEL_DIR='{model_dir}'"]
     args += [f"--gin_bindings={b}" for b in bindings]
     shown = " ".join([f"--gin_file={gin_file}", f"--gin.MODEL_DIR=\\\"{model_dir}\\\""]
                      + [f"--gin_bindings='{b}'" for b in bindings])
     print(f"+ nlhf train {shown}", flush=True)
+    return args
+
+
+def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
+    """Runs one `nlhf train` stage in this process; returns its wall time."""
+    from nlhf_jax import run_train
+
+    args = _train_args(gin_file, model_dir, bindings, repo)
     t = time.time()
     rc, result = run_train.run_cli(args)
     if rc:
@@ -249,23 +263,20 @@ def _run_parallel(plan: list, out: str, repo: str, jobs: int, timings: dict) -> 
 
     def is_done(name):
         path = os.path.join(out, name)
-        if _done(path) and name not in timings:
-            with open(os.path.join(path, "DONE")) as f:
-                timings[name] = json.load(f).get("seconds", 0.0)
+        seconds = _read_done(path)
+        if seconds is not None and name not in timings:
+            timings[name] = seconds
             print(f"[skip] {name}: finished earlier ({path})", flush=True)
-        return _done(path)
+        return seconds is not None
 
     def launch(name, slot):
         gin_file, bindings = by_name[name]
         path = os.path.join(out, name)
         os.makedirs(path, exist_ok=True)
-        args = [f"--gin_file={os.path.join(repo, gin_file)}", f"--gin.MODEL_DIR='{path}'",
-                "--gin_bindings=trainer.LoopConfig.progress = False"]
-        args += [f"--gin_bindings={b}" for b in bindings]
         log = os.path.join(path, "stage.log")
         cores = groups[slot]
-        print(f"[start] {name} on CPUs {cores or 'any'} (log: {log})\n+ nlhf train "
-              + " ".join(repr(a) for a in args), flush=True)
+        print(f"[start] {name} on CPUs {cores or 'any'} (log: {log})", flush=True)
+        args = _train_args(gin_file, path, bindings + ["trainer.LoopConfig.progress = False"], repo)
         logs[name] = open(log, "a")
         code = "import sys; from nlhf_jax import demo; sys.exit(demo._stage_main(sys.argv[1:]))"
         return subprocess.Popen(
@@ -352,10 +363,10 @@ def main(argv) -> int:
 
     def stage(name: str, fn) -> None:
         path = os.path.join(out, name)
-        if _done(path):
+        seconds = _read_done(path)
+        if seconds is not None:
             print(f"[skip] {name}: finished earlier ({path})", flush=True)
-            with open(os.path.join(path, "DONE")) as f:
-                timings[name] = json.load(f).get("seconds", 0.0)
+            timings[name] = seconds
             return
         _banner(name)
         os.makedirs(path, exist_ok=True)
