@@ -4,8 +4,10 @@ Reads the stage directories `nlhf demo` wrote; writes `<eval_dir>/report.md` wit
 everything a reader needs to judge the run (and the numbers in JSON next to it).
 """
 
+import dataclasses
 import json
 import os
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -107,11 +109,33 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     return out
 
 
+def _first(s: "run_evaluate.PolicySamples", n: int) -> "run_evaluate.PolicySamples":
+    """A policy's samples on its first n prompts."""
+    fields = ("texts", "tokens", "lengths", "seq_logp", "seq_ref_logp")
+    return dataclasses.replace(s, **{f: None if getattr(s, f) is None else getattr(s, f)[:n]
+                                     for f in fields})
+
+
 def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: str, num_prompts: int,
-                      tau: float, timings: dict, preset: str) -> str:
+                      tau: float, timings: dict, preset: str, ptau_prompts: Optional[int] = None) -> str:
+    """Evaluates a finished demo and writes `<eval_dir>/report.md` (and report.json).
+
+    Args:
+      out: the demo directory (world/, sft/, pm/, rm/ and one directory per policy).
+      names: "sft", the policies, "<ema run>*" for averaged policies.
+      num_prompts: held-out prompts for the P* matrix (one sample per policy each).
+      ptau_prompts: the first this many of them for the P_tau matrix (None: all). P_tau
+        runs the PM on every pair of policies, most of the evaluation's time.
+    """
     from nlhf_jax import judges
     from nlhf_jax.data import arrays, vocab
     from nlhf_jax.data.world import describe, generator
+
+    t0 = time.time()
+
+    def progress(what: str) -> None:
+        # The evaluation runs for minutes with nothing else on screen.
+        print(f"[evaluate] {what} ({time.time() - t0:.0f} s)", flush=True)
 
     voc = vocab.world_vocabulary(world_dir)
     ds = arrays.world_prompts("valid+test", data_dir=world_dir, max_examples=num_prompts, input_len=80)
@@ -120,17 +144,22 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     policies = [(n, _policy_dir(out, n)) for n in names]
     samples = run_evaluate.sample_policies(policies, ds.features["prompts"], voc, cfg, seed=0,
                                            reference_dir=os.path.join(out, "sft"))
+    progress(f"sampled {len(posts)} prompts from {len(names)} policies, with their log-probs")
     responses = {s.name: s.texts for s in samples}
     world = judges.WorldJudge(world_dir)
     pstar = evaluation.win_rate_matrix(list(names), responses, posts, world.prob)
     md_pstar = run_evaluate.write_outputs(os.path.join(eval_dir, "matrix_pstar"), list(names), pstar,
                                           "world raters P*", {"decoding": cfg.__dict__, "num_prompts": len(posts)})
+    progress("P* matrix")
     pm = judges.load_judge(os.path.join(out, "pm"))
-    ptau = run_evaluate.ptau_cells(samples, posts, pm.prob, tau)
+    n_tau = len(posts) if ptau_prompts is None else min(ptau_prompts, len(posts))
+    ptau = run_evaluate.ptau_cells([_first(s, n_tau) for s in samples], posts[:n_tau], pm.prob, tau)
+    progress(f"P_tau matrix ({n_tau} prompts)")
     md_ptau = run_evaluate.write_outputs(os.path.join(eval_dir, "matrix_ptau"), list(names), ptau,
                                          f"P_tau: preference model with KL terms, tau = {tau}",
-                                         {"decoding": cfg.__dict__, "num_prompts": len(posts)})
+                                         {"decoding": cfg.__dict__, "num_prompts": n_tau})
     judges_md, judge_numbers = judge_section(out, world_dir, samples, posts, world, ds.meta.get("ids"))
+    progress("PM and RM on the test comparisons and on shifted pairs")
     st_md, st = run_evaluate.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     q_md, quality = run_evaluate.quality_table(samples, world_dir, posts)
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
@@ -159,13 +188,13 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     text = "\n\n".join([
         f"# NLHF on the embedded world: demo report (preset `{preset}`)",
         f"{len(posts)} held-out prompts, one sample per policy per prompt (temperature 1.0, at most "
-        f"32 tokens). Cells are P(column policy > row policy); brackets: 95% Clopper-Pearson "
-        f"interval (P*), normal interval (P_tau).",
+        f"32 tokens); P_tau on the first {n_tau} of them. Cells are P(column policy > row "
+        f"policy); brackets: 95% Clopper-Pearson interval (P*), normal interval (P_tau).",
         "## Findings\n\n" + "\n".join(findings),
         *([paper_md] if paper_md else []),
         "## Under the world's raters P* (the role PaLM 2 plays in the paper's Table 1)\n\n" + md_pstar
         + "\n\n![P* heatmap](matrix_pstar/heatmap.png)",
-        "## Under P_tau (Table 2: learned preference model + KL terms)\n\n" + md_ptau
+        f"## Under P_tau (Table 2: learned preference model + KL terms; {n_tau} prompts)\n\n" + md_ptau
         + "\n\n![P_tau heatmap](matrix_ptau/heatmap.png)",
         "## Judges and the SFT policy\n\n" + judges_md,
         "## Style distribution of each policy vs the regularised Nash equilibrium over styles\n\n" + st_md,
@@ -178,6 +207,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         f.write(text + "\n")
     with open(os.path.join(eval_dir, "report.json"), "w") as f:
         json.dump({"styles": st, "quality": quality, "timings": timings, "names": list(names), "judges": judge_numbers,
+                   "num_prompts": len(posts), "ptau_prompts": n_tau,
                    "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
                    "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
                    "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,

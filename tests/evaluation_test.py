@@ -154,3 +154,18 @@ def test_quality_table_counts_the_parser_features(tmp_path):
     assert data["ref"]["quality"] > data["doubled"]["quality"] > data["empty"]["quality"]
     assert data["doubled"]["words"] > data["ref"]["words"] > data["empty"]["words"] == 0
     assert md.splitlines()[0].startswith("| policy | main point") and len(md.splitlines()) == 5
+
+
+def test_report_first_prompts_keep_every_field_aligned():
+    """P_tau on the first n prompts (`report._first`) slices texts, tokens, lengths and
+    both log-probs alike, and leaves absent fields absent."""
+    from nlhf_jax import report, run_evaluate
+
+    s = run_evaluate.PolicySamples("a", "", [f"t{i}" for i in range(6)], np.arange(12).reshape(6, 2),
+                                   np.arange(6), seq_logp=np.arange(6.0), seq_ref_logp=None)
+    cut = report._first(s, 4)
+    assert cut.texts == ["t0", "t1", "t2", "t3"] and cut.name == "a"
+    np.testing.assert_array_equal(cut.tokens, np.arange(8).reshape(4, 2))
+    np.testing.assert_array_equal(cut.lengths, np.arange(4))
+    np.testing.assert_array_equal(cut.seq_logp, np.arange(4.0))
+    assert cut.seq_ref_logp is None and len(s.texts) == 6
