@@ -316,7 +316,10 @@ def preference_metrics(
       bayes_accuracy (accuracy of P*'s decision vs labels: the best any judge can do),
       bayes_agreement (p's decision vs P*'s), pstar_logloss (cross-entropy of p
       against the target P*), pstar_entropy (its floor, reached at p = P*),
-      pstar_mae (mean |p - P*|), position_bias (mean |f(x,y,y') - (1 - f(x,y',y))|).
+      pstar_mae (mean |p - P*|), expected_accuracy (the accuracy expected against
+      labels drawn from P*: mean of P* or 1 - P* for the side p picks, no label noise),
+      bayes_expected_accuracy (the same for P*'s decision, mean max(P*, 1 - P*)),
+      position_bias (mean |f(x,y,y') - (1 - f(x,y',y))|).
     """
     p = np.asarray(p, np.float64)
     pc = _clip(p)
@@ -334,6 +337,10 @@ def preference_metrics(
         out["pstar_logloss"] = float(-np.mean(ps * np.log(pc) + (1 - ps) * np.log(1 - pc)))
         out["pstar_entropy"] = float(-np.mean(ps * np.log(psc) + (1 - ps) * np.log(1 - psc)))
         out["pstar_mae"] = float(np.mean(np.abs(p - ps)))
+        # The accuracy to expect against labels drawn from P*, without their noise: a
+        # 1,000-pair test split's label accuracy moves by about a point by chance.
+        out["expected_accuracy"] = _agreement(p, ps)
+        out["bayes_expected_accuracy"] = float(np.mean(np.maximum(ps, 1.0 - ps)))
         if labels is not None:
             out["bayes_accuracy"] = _agreement(ps, labels)
     if f is not None and f_swapped is not None:

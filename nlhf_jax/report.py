@@ -237,6 +237,7 @@ def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> 
         numbers[f"{name}_by_kind"] = by_kind
         kind_rows.append(by_kind)
         rows.append(f"| {name.upper()} | {m['accuracy']:.3f} | {m['bayes_accuracy']:.3f} | "
+                    f"{m['expected_accuracy']:.3f} | {m['bayes_expected_accuracy']:.3f} | "
                     f"{m['bayes_agreement']:.3f} | {m['pstar_logloss']:.3f} | {m['pstar_entropy']:.3f} |")
     shift = judges.world_shift_report(os.path.join(out, "pm"), os.path.join(out, "rm"), world_dir)
     numbers["shift"] = shift
@@ -245,11 +246,13 @@ def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> 
     refs = _reference_summaries(world_dir, ids) if sft is not None and ids else None
     lines = [
         f"Test comparisons ({len(texts)} pairs): accuracy against the human labels, the "
-        "Bayes decision of P*'s accuracy against the same labels, agreement with that "
-        "decision, and log-loss against P* (its entropy is the floor).",
+        "Bayes decision of P*'s accuracy against the same labels, both accuracies as "
+        "expected under P* (no label noise), agreement with the Bayes decision, and "
+        "log-loss against P* (its entropy is the floor).",
         "",
-        "| judge | accuracy | Bayes accuracy | Bayes agreement | log-loss vs P* | P* entropy |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| judge | accuracy | Bayes accuracy | expected accuracy | Bayes expected | "
+        "Bayes agreement | log-loss vs P* | P* entropy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "By kind of pair (accuracy, and the kind's share of the gap to the Bayes accuracy in "

@@ -299,6 +299,9 @@ def test_preference_metrics_on_hand_made_numbers():
     want_pll = -np.mean(p_star * np.log(p) + (1 - p_star) * np.log(1 - p))
     assert m["pstar_logloss"] == pytest.approx(want_pll)
     assert m["pstar_mae"] == pytest.approx(np.mean([0.1, 0.2, 0.3, 0.0]))
+    # picks y, y', y, tie -> P*, 1 - P*, P*, 1/2
+    assert m["expected_accuracy"] == pytest.approx((0.8 + 0.6 + 0.3 + 0.5) / 4)
+    assert m["bayes_expected_accuracy"] == pytest.approx((0.8 + 0.6 + 0.7 + 0.5) / 4)
     assert m["position_bias"] == pytest.approx(np.mean([0.1, 0.0, 0.0, 0.0]))
     # bins of width 0.1: {0.9}, {0.2}, {0.6}, {0.5} -> each |label - p| weighted 1/4
     assert m["ece"] == pytest.approx(np.mean([0.1, 0.8, 0.6, 0.5]))

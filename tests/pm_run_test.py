@@ -114,7 +114,8 @@ def test_run_resumes_exactly_and_leaves_a_loadable_judge(layout, world, tmp_path
     assert f"{kind}/loss" in rows[0] and f"{kind}/bayes_agreement" in rows[0]
     final = rows[-1]
     want = {"eval/loss", "eval/accuracy", "eval/ece", "eval/bayes_agreement", "eval/bayes_accuracy",
-            "eval/pstar_logloss", "eval/pstar_mae"}  # fmt: skip
+            "eval/pstar_logloss", "eval/pstar_mae", "eval/expected_accuracy",
+            "eval/bayes_expected_accuracy"}  # fmt: skip
     if kind == "pm":
         want |= {"eval/position_bias", "eval/f_accuracy"}
     assert want <= set(final), sorted(final)
