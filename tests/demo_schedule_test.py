@@ -1,5 +1,6 @@
 """The demo's stage scheduler: dependency order, concurrency, failures, resumption."""
 
+import os
 import subprocess
 import sys
 
@@ -116,3 +117,33 @@ def test_preempted_child_is_not_marked_finished():
                         lambda n, s: subprocess.Popen([sys.executable, "-c", code]), 1,
                         lambda n, t: finished.append(n), poll_s=0.05)
     assert finished == []
+
+
+_CACHE_CHILD = """
+import os, subprocess, sys
+from nlhf_jax import demo
+cache = sys.argv[1]
+demo._enable_compile_cache(cache)
+import jax, jax.numpy as jnp
+assert jax.config.jax_compilation_cache_dir == cache
+
+def f(x):  # unrolled, so it compiles for longer than the cache's 0.2 s threshold
+    for i in range(400):
+        x = jnp.sin(x * (i + 1)) + jnp.cos(x)
+    return x
+
+jax.jit(f)(jnp.ones(3)).block_until_ready()
+# a stage started from here (as `run_stages` starts them) sees the same cache
+out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['JAX_COMPILATION_CACHE_DIR'])"],
+                     capture_output=True, text=True, check=True).stdout.strip()
+assert out == cache, out
+"""
+
+
+def test_compile_cache_is_written_and_inherited_by_stages(tmp_path):
+    """`--compile_cache`: the demo process writes compiled programs to the cache and the
+    stage processes it starts inherit the setting (run in a child process so this test
+    process's jax config stays untouched)."""
+    cache = str(tmp_path / "jax_cache")
+    subprocess.run([sys.executable, "-c", _CACHE_CHILD, cache], check=True, timeout=300)
+    assert any(name.startswith("jit_f-") for name in os.listdir(cache)), os.listdir(cache)
