@@ -145,14 +145,15 @@ def _enable_compile_cache(cache_dir: str) -> None:
     directly as well (jax may already be imported). Results do not change: a hit
     loads the same executable that compiling would produce.
     """
-    os.makedirs(cache_dir, exist_ok=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     # The judge's forward pass compiles in about 1 s, under jax's default threshold.
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    settings = {"jax_compilation_cache_dir": cache_dir,
+                "jax_persistent_cache_min_compile_time_secs": 0.2}
+    os.makedirs(cache_dir, exist_ok=True)
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    for name, value in settings.items():
+        os.environ[name.upper()] = str(value)
+        jax.config.update(name, value)
 
 
 def _stage_main(argv) -> int:

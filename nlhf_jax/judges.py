@@ -340,7 +340,7 @@ def preference_metrics(
         # The accuracy to expect against labels drawn from P*, without their noise: a
         # 1,000-pair test split's label accuracy moves by about a point by chance.
         out["expected_accuracy"] = _agreement(p, ps)
-        out["bayes_expected_accuracy"] = float(np.mean(np.maximum(ps, 1.0 - ps)))
+        out["bayes_expected_accuracy"] = _agreement(ps, ps)  # mean max(P*, 1 - P*)
         if labels is not None:
             out["bayes_accuracy"] = _agreement(ps, labels)
     if f is not None and f_swapped is not None:
