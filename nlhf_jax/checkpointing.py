@@ -154,10 +154,12 @@ class Checkpointer:
             step, args=ocp.args.StandardSave(_state_dict(state)), force=force
         )
 
+    def due(self, step: int) -> bool:
+        """Whether the save cadence asks for a checkpoint after `step` steps."""
+        return step % max(self.cfg.save_every_steps, 1) == 0
+
     def maybe_save(self, state: train_state_lib.TrainState, step: int) -> bool:
-        if step % max(self.cfg.save_every_steps, 1) == 0:
-            return self.save(state)
-        return False
+        return self.save(state) if self.due(step) else False
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -166,19 +168,102 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
+    @property
+    def damaged_directory(self) -> str:
+        """Where unreadable steps are moved: beside `checkpoints`, so orbax never lists
+        them again, and nothing is deleted."""
+        return self.directory + "_damaged"
+
     def restore_latest(
-        self, target: train_state_lib.TrainState, shardings: train_state_lib.TrainState
+        self,
+        target: train_state_lib.TrainState,
+        shardings: train_state_lib.TrainState,
+        step: Optional[int] = None,
     ) -> Optional[train_state_lib.TrainState]:
-        """The run's own latest state, restored into `shardings`; None if there is none."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        where = os.path.join(self.directory, str(step))
+        """The run's newest *readable* state, restored into `shardings`; None if none.
+
+        A step whose files cannot be read (a truncated array file, a missing
+        `_METADATA`: disk faults, copies cut short) is reported with the step, the file
+        or tensor and the reason, moved to `damaged_directory`, and the previous step is
+        tried. A readable step whose tree does not match the config is not damage: it
+        raises CheckpointMismatchError (the config changed, not the disk).
+
+        Args:
+          target, shardings: the state the config builds and its shardings.
+          step: restore exactly this step (a companion state saved with the train
+            state), with the same damage handling; None = the newest readable one.
+        """
         abstract = _abstract(_state_dict(target), _state_dict(shardings))
-        stored = self._manager.item_metadata(step)
+        candidates = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        for s in candidates:
+            if s not in self._manager.all_steps():
+                raise FileNotFoundError(f"{self.directory}: no checkpoint at step {s}")
+            where = os.path.join(self.directory, str(s))
+            try:
+                restored = self._restore_step(s, abstract, where)
+            except _DamagedCheckpoint as e:
+                self._move_aside(s, str(e))
+                if step is not None:
+                    raise FileNotFoundError(f"{where}: damaged ({e}); moved to "
+                                            f"{self.damaged_directory}") from e
+                continue
+            logging.info("restored step %d from %s", s, where)
+            return train_state_lib.TrainState(**restored)
+        return None
+
+    def _restore_step(self, step: int, abstract: PyTree, where: str) -> PyTree:
+        item = os.path.join(where, _ITEM)
+        for name in ("_METADATA",):
+            if not os.path.isfile(os.path.join(item, name)):
+                raise _DamagedCheckpoint(f"{os.path.join(item, name)} is missing")
+        try:
+            stored = self._manager.item_metadata(step)
+        except Exception as e:  # noqa: BLE001 - any read failure of the metadata is damage
+            tensor = _tensor_in_error(e)
+            raise _DamagedCheckpoint(f"{item}{f' tensor {tensor}' if tensor else ''}: "
+                                     f"metadata unreadable: {_first_line(e)}") from e
+        if stored is None:
+            raise _DamagedCheckpoint(f"{item}: metadata unreadable")
         check_compatible(abstract, _metadata_tree(stored), where)
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return train_state_lib.TrainState(**restored)
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # noqa: BLE001 - TensorStore and orbax raise bare Exceptions
+            tensor = _tensor_in_error(e)
+            raise _DamagedCheckpoint(
+                f"{item}{f' tensor {tensor}' if tensor else ''}: {_first_line(e)}") from e
+
+    def _move_aside(self, step: int, reason: str) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.damaged_directory, str(step))
+        n = 1
+        while os.path.exists(dst):
+            dst, n = os.path.join(self.damaged_directory, f"{step}.{n}"), n + 1
+        logging.warning("checkpoint step %d is damaged (%s); moved to %s, trying the previous step",
+                        step, reason, dst)
+        if jax.process_index() == 0:
+            os.makedirs(self.damaged_directory, exist_ok=True)
+            os.replace(src, dst)
+        self._manager.reload()
+
+
+class _DamagedCheckpoint(Exception):
+    """A step directory that cannot be read (internal: `restore_latest` moves it aside)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _tensor_in_error(e: BaseException) -> Optional[str]:
+    """The array key in a TensorStore read error ('params.decoder...kernel'), if named:
+    a spec's relative `'path'`, or the `"<key>/.zarray"` being read."""
+    import re
+
+    text = str(e)
+    found = [f for f in re.findall(r"'path': '([^']+?)/?'", text) if not f.startswith("/")]
+    found += re.findall(r'reading "([^"/]+)/\.z', text)
+    return found[-1] if found else None
 
 
 def _resolve_step_dir(path: str) -> str:

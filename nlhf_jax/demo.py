@@ -135,7 +135,7 @@ def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
     return time.time() - t
 
 
-def _enable_compile_cache(cache_dir: str) -> None:
+def _enable_compile_cache(cache_dir: str, min_compile_secs: float = 0.2) -> None:
     """Shares compiled programs between the stages through a JAX persistent cache.
 
     The four NLHF policy stages compile the same sampling, judge, reference and update
@@ -147,7 +147,7 @@ def _enable_compile_cache(cache_dir: str) -> None:
     """
     # The judge's forward pass compiles in about 1 s, under jax's default threshold.
     settings = {"jax_compilation_cache_dir": cache_dir,
-                "jax_persistent_cache_min_compile_time_secs": 0.2}
+                "jax_persistent_cache_min_compile_time_secs": min_compile_secs}
     os.makedirs(cache_dir, exist_ok=True)
     import jax
 

@@ -22,6 +22,7 @@ def _usage() -> str:
     lines = ["usage: nlhf COMMAND [ARGS...]", "", "commands:"]
     for name, (_, help_text) in _COMMANDS.items():
         lines.append(f"  {name:<10} {help_text}")
+    lines += ["", "`nlhf COMMAND --help` describes a command's options."]
     return "\n".join(lines)
 
 

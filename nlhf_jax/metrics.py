@@ -37,6 +37,40 @@ class MetricWriter:
             except Exception as e:  # noqa: BLE001 - TensorBoard is optional at run time
                 logging.warning("TensorBoard writer unavailable (%s); JSONL only", e)
 
+    def resume(self, step: int) -> dict[str, float]:
+        """Prepares the file for a run resumed at `step`: records after `step` were written
+        by the interrupted run after its last checkpoint and will be written again, so they
+        are dropped (no step appears twice). Returns the scalars recorded at `step` itself
+        (the final metrics, when the run had already finished)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return {}
+        self._file.close()
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        keep, at_step, dropped = [], {}, 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                dropped += 1
+                continue
+            if record.get("step", 0) > step:
+                dropped += 1
+                continue
+            keep.append(json.dumps(record) + "\n")
+            if record.get("step") == step:
+                at_step.update({k: v for k, v in record.items()
+                                if k != "step" and isinstance(v, (int, float))})
+        if dropped:
+            logging.info("%s: dropped %d records after step %d (written after the last "
+                         "checkpoint of the interrupted run)", self.path, dropped, step)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+        return at_step
+
     def write(self, step: int, scalars: Mapping[str, Any], texts: Optional[Mapping[str, str]] = None):
         if not self.enabled:
             return

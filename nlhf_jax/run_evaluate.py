@@ -12,15 +12,23 @@ tau * [log pi_r(y_r)/mu(y_r) - log pi_c(y_c)/mu(y_c)] with mu the SFT policy).
 Outputs: matrix.md, matrix.csv, matrix.json (everything needed to recompute),
 heatmap.png and, on the world, the style distribution of each policy next to the
 regularised Nash equilibrium over styles.
+
+Sampling every policy is most of the run, so every argument is checked first
+(`check_args`): the judge spec and its directory, each policy directory, the world and
+its prompt splits, the numbers, and that each policy's embedding table fits the world's
+vocabulary. A policy trained on another vocabulary otherwise samples garbage that every
+judge scores 0.5, with no error anywhere. Problems end the command with exit code 2
+before anything is sampled.
 """
 
 import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -201,6 +209,266 @@ def _world_config(world_dir: str):
     return generator.load_config(world_dir)
 
 
+JUDGE_SPECS = "world, pm:DIR, rm:DIR or ptau:DIR"
+# How far a model's vocab_size may exceed its SentencePiece pieces: T5 pads 32,100 ids to
+# 32,128 and the world configs pad its <300 pieces to 320, both for even sharding. A
+# table past the pieces rounded up to a multiple of this belongs to another vocabulary
+# (e.g. T5's 32,128 on the world), whose samples decode to noise.
+VOCAB_PADDING = 128
+
+
+@dataclasses.dataclass
+class Plan:
+    """`nlhf evaluate`'s arguments once checked: what sampling and judging need.
+
+    Attributes:
+      policies: (name, run directory), in the order given.
+      judge_kind: world, pm, rm or ptau; judge_dir its run directory (None: world).
+      reference_dir: mu of P_tau (ptau only).
+      world_dir: the world whose prompts are sampled and whose raters are P*.
+      prompt_files: the prompt JSONL file of each split.
+      cfg: decoding settings.
+    """
+
+    policies: list
+    judge_kind: str
+    judge_dir: Optional[str]
+    reference_dir: Optional[str]
+    world_dir: str
+    prompt_files: list
+    cfg: decoding.SamplingConfig
+
+
+def parse_judge(spec: str) -> tuple[str, Optional[str]]:
+    """`--judge` -> (kind, directory or None for the world).
+
+    Raises:
+      ValueError: naming the spec and what is wrong with it.
+    """
+    kind, sep, judge_dir = spec.partition(":")
+    if kind not in ("world", "pm", "rm", "ptau"):
+        raise ValueError(f"--judge {spec!r}: unknown kind {kind!r}; expected {JUDGE_SPECS}")
+    if kind == "world" and sep:
+        raise ValueError(f"--judge {spec!r}: the world judge takes no directory; expected {JUDGE_SPECS}")
+    if kind != "world" and not judge_dir:
+        raise ValueError(f"--judge {spec!r}: {kind} needs a directory ({kind}:DIR); expected {JUDGE_SPECS}")
+    return kind, judge_dir or None
+
+
+def _has_checkpoint(model_dir: str) -> bool:
+    from nlhf_jax import checkpointing
+
+    # The resolution `checkpointing.restore_params` applies when the run is loaded.
+    try:
+        return os.path.isdir(checkpointing._resolve_step_dir(model_dir))
+    except FileNotFoundError:
+        return False
+
+
+def run_dir_problems(what: str, model_dir: str) -> tuple[Any, list[str]]:
+    """Whether `model_dir` is a finished run `trainer.load_frozen` can load.
+
+    Args:
+      what: the argument that named it (starts every message), e.g. "--policy sft=runs/sft".
+      model_dir: the directory.
+
+    Returns:
+      (its model config, or None if unreadable; problems, all of them at once).
+    """
+    from nlhf_jax import checkpointing
+
+    if not os.path.isdir(model_dir):
+        return None, [f"{what}: no directory {model_dir}"]
+    config, problems = None, []
+    path = os.path.join(model_dir, checkpointing.MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        problems.append(f"{what}: no {path} (not a run written by `nlhf train`)")
+    else:
+        try:
+            config = checkpointing.load_model_config(model_dir)
+        except (ValueError, TypeError, AttributeError) as e:  # bad JSON, wrong or unknown fields
+            problems.append(f"{what}: {path} is not a model config ({e})")
+    if not _has_checkpoint(model_dir):
+        problems.append(f"{what}: no checkpoint under {model_dir} (no checkpoints/<step>/default)")
+    return config, problems
+
+
+def policy_vocab_problem(what: str, model_dir: str, vocab_size: int, pieces: int, vocab_file: str,
+                         requested: int = 0) -> Optional[str]:
+    """Whether a policy's embedding table fits the vocabulary its prompts are tokenised with.
+
+    The prompts' ids must all have a row (JAX clamps an out-of-range id silently), and a
+    table larger than the pieces plus padding (`VOCAB_PADDING`, or the size the world
+    asked SentencePiece for, `requested`) was trained on another vocabulary.
+
+    Returns:
+      None, or a message naming the policy, its model config and both sizes.
+    """
+    from nlhf_jax import checkpointing
+
+    head = (f"{what}: vocab_size {vocab_size} ({os.path.join(model_dir, checkpointing.MODEL_CONFIG_FILE)}) "
+            f"but the world's vocabulary has {pieces} pieces ({vocab_file})")
+    if vocab_size < pieces:
+        return head + ": the prompts' token ids would index past its embedding table"
+    bound = max(-(-pieces // VOCAB_PADDING) * VOCAB_PADDING, requested)
+    if vocab_size > bound:
+        return head + f" (at most {bound} rows with padding): it was trained on another vocabulary"
+    return None
+
+
+def judge_problems(spec: str, kind: str, judge_dir: str) -> list[str]:
+    """Whether a pm/rm/ptau directory holds a learned judge that `judges.load_judge` loads.
+
+    A learned judge re-tokenises the decoded texts with its own vocabulary copy (named by
+    judge.json), so it need not share the world's vocabulary; what must agree is that
+    copy and the judge's own embedding table.
+    """
+    from nlhf_jax import checkpointing
+    from nlhf_jax.data import pairwise
+
+    what = f"--judge {spec}"
+    if not os.path.isdir(judge_dir):
+        return [f"{what}: no directory {judge_dir}"]
+    problems, encoder = [], None
+    judge_file = os.path.join(judge_dir, pairwise.JUDGE_FILE)
+    if not os.path.isfile(judge_file):
+        problems.append(f"{what}: no {judge_file} (not a preference or reward model run)")
+    else:
+        try:
+            judge_spec, encoder = pairwise.load_judge_spec(judge_dir)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:  # json, fields, spiece
+            problems.append(f"{what}: {judge_file} is unreadable ({e!r})")
+        else:
+            wanted = {"pm": pairwise.PREFERENCE, "rm": pairwise.REWARD}.get(kind)
+            got = judge_spec.get("kind")
+            if wanted and got != wanted:  # ptau takes either
+                other = "rm" if got == pairwise.REWARD else "pm"
+                problems.append(f"{what}: a {got} model (judge.json kind {got!r}), not a {wanted} model; "
+                                f"use --judge {other}:{judge_dir}")
+    config, run_problems = run_dir_problems(what, judge_dir)
+    problems += run_problems
+    if config is not None and encoder is not None and encoder.tokenizer.vocab_size > config.vocab_size:
+        vocab_file = os.path.join(judge_dir, judge_spec["vocab_file"])
+        config_file = os.path.join(judge_dir, checkpointing.MODEL_CONFIG_FILE)
+        problems.append(f"{what}: vocab_size {config.vocab_size} ({config_file}) but its "
+                        f"vocabulary {vocab_file} has {encoder.tokenizer.vocab_size} pieces: its token ids "
+                        f"would index past its embedding table")
+    return problems
+
+
+def world_problems(world_dir: str, splits: Sequence[str]) -> list[str]:
+    """Whether `world_dir` holds a generated world with these prompt splits."""
+    from nlhf_jax.data.world import generator
+
+    if not os.path.isdir(world_dir):
+        return [f"--world_dir {world_dir}: no directory {world_dir} (write one with `nlhf world --generate`)"]
+    meta = os.path.join(world_dir, "world.json")
+    if not os.path.isfile(meta):
+        return [f"--world_dir {world_dir}: no {meta} (not a world written by `nlhf world --generate`)"]
+    problems = []
+    if not os.path.isfile(generator.vocab_path(world_dir)):
+        problems.append(f"--world_dir {world_dir}: no vocabulary {generator.vocab_path(world_dir)}")
+    for split in splits:
+        path = generator.split_path(world_dir, "prompts", split)
+        if not os.path.isfile(path):
+            problems.append(f"--split {split!r}: no {path} (the world's splits: {', '.join(generator.SPLITS)})")
+    return problems
+
+
+def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
+    """Every check `nlhf evaluate` can make before it samples, all problems at once.
+
+    Reads only small files (configs, judge.json, the world's vocabulary); loads no model.
+    Without --world_dir the default world is generated first if needed (as sampling
+    would), unless another argument is already wrong.
+
+    Returns:
+      (the plan, []) or (None, the problems: one message each, naming the argument).
+    """
+    from nlhf_jax.data import pairwise
+    from nlhf_jax.data.world import generator
+
+    problems = []
+    for flag, value in (("--num_prompts", a.num_prompts), ("--max_decode_len", a.max_decode_len)):
+        if value < 1:
+            problems.append(f"{flag} {value}: must be at least 1")
+    # argparse's float() accepts nan and inf, which no comparison below would refuse.
+    if not (math.isfinite(a.temperature) and a.temperature > 0):
+        problems.append(f"--temperature {a.temperature}: must be > 0 and finite")
+    if not (math.isfinite(a.tau) and a.tau >= 0):
+        problems.append(f"--tau {a.tau}: must be >= 0 and finite")
+    if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
+        problems.append(f"--out {a.out}: a file, not a directory")
+
+    policies, configs = [], {}
+    for spec in a.policy:
+        name, sep, model_dir = spec.partition("=")
+        if not (sep and name and model_dir):
+            problems.append(f"--policy {spec!r}: expected NAME=DIR")
+            continue
+        if name in dict(policies):
+            problems.append(f"--policy {name}: named twice ({dict(policies)[name]} and {model_dir})")
+            continue
+        policies.append((name, model_dir))
+        configs[model_dir], run_problems = run_dir_problems(f"--policy {name}={model_dir}", model_dir)
+        problems += run_problems
+
+    kind = judge_dir = ref_dir = None
+    try:
+        kind, judge_dir = parse_judge(a.judge)
+    except ValueError as e:
+        problems.append(str(e))
+    if judge_dir:
+        problems += judge_problems(a.judge, kind, judge_dir)
+    if kind == "ptau":
+        ref_dir = a.reference or dict(policies).get("sft")
+        if not ref_dir:
+            problems.append("--judge ptau needs --reference or a policy named 'sft'")
+        elif a.reference:
+            configs[ref_dir], run_problems = run_dir_problems(f"--reference {ref_dir}", ref_dir)
+            problems += run_problems
+
+    splits = a.split.split("+")
+    if a.world_dir:
+        # Used as it is: `generator.ensure_world` would regenerate a world of another
+        # config (another seed, a smaller test world) as the default one.
+        world_dir = os.path.abspath(a.world_dir)
+    elif problems:
+        return None, problems  # do not generate the default world for a failing command
+    else:
+        try:
+            world_dir = generator.ensure_world(generator.default_data_dir(0))
+        except FileExistsError as e:  # $NLHF_DATA_DIR names a directory that holds no world
+            return None, [f"the default world: {e} (give --world_dir, or fix $NLHF_DATA_DIR)"]
+    bad_world = world_problems(world_dir, splits)
+    if bad_world:
+        return None, problems + bad_world
+    try:
+        requested = generator.load_config(world_dir).vocab_size
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, problems + [f"--world_dir {world_dir}: {os.path.join(world_dir, 'world.json')} "
+                                 f"is unreadable ({e!r})"]
+
+    # The prompts are tokenised with the world's vocabulary and the samples decoded with
+    # it: every policy (and mu, which scores the same tokens) must have been trained on it.
+    vocab_file = generator.vocab_path(world_dir)
+    pieces = pairwise.Tokenizer(vocab_file).vocab_size
+    named = [(f"--policy {n}={d}", d) for n, d in policies]
+    if a.reference and kind == "ptau":
+        named.append((f"--reference {ref_dir}", ref_dir))
+    for what, model_dir in named:
+        if configs[model_dir] is None:
+            continue  # already reported
+        problem = policy_vocab_problem(what, model_dir, configs[model_dir].vocab_size, pieces, vocab_file, requested)
+        if problem:
+            problems.append(problem)
+    if problems:
+        return None, problems
+    cfg = decoding.SamplingConfig(temperature=a.temperature, max_decode_len=a.max_decode_len)
+    files = [generator.split_path(world_dir, "prompts", s) for s in splits]
+    return Plan(policies, kind, judge_dir, ref_dir, world_dir, files, cfg), []
+
+
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="nlhf evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", action="append", required=True, metavar="NAME=DIR",
@@ -216,43 +484,34 @@ def main(argv) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    policies = []
-    for spec in a.policy:
-        if "=" not in spec:
-            p.error(f"--policy {spec!r}: expected NAME=DIR")
-        name, d = spec.split("=", 1)
-        if not os.path.isdir(d):
-            p.error(f"--policy {spec!r}: no directory {d}")
-        policies.append((name, d))
+    plan, problems = check_args(a)
+    if problems:
+        p.error(problems[0] if len(problems) == 1 else
+                f"{len(problems)} problems, nothing sampled:\n  " + "\n  ".join(problems))
     from nlhf_jax.data import arrays, vocab
-    from nlhf_jax.data.world import generator, raters
+    from nlhf_jax.data.world import raters
 
-    world_dir = generator.ensure_world(a.world_dir or generator.default_data_dir(0))
+    policies, kind, world_dir = plan.policies, plan.judge_kind, plan.world_dir
     voc = vocab.world_vocabulary(world_dir)
-    ds = arrays.world_prompts(a.split, data_dir=world_dir, max_examples=a.num_prompts)
+    files = plan.prompt_files
+    ds = arrays.prompt_dataset(files if len(files) > 1 else files[0], voc, max_examples=a.num_prompts)
     posts = ds.meta["posts"]
-    cfg = decoding.SamplingConfig(temperature=a.temperature, max_decode_len=a.max_decode_len)
-    kind, _, jdir = a.judge.partition(":")
-    ref_dir = None
-    if kind == "ptau":
-        ref_dir = a.reference or dict(policies).get("sft")
-        if not ref_dir:
-            p.error("--judge ptau needs --reference or a policy named 'sft'")
-    samples = sample_policies(policies, ds.features["prompts"], voc, cfg, a.seed, ref_dir)
-    names = [s.name for s in samples]
+    if not posts:
+        p.error(f"--split {a.split}: no prompts in {', '.join(files)}")
+    cfg = plan.cfg
+    # The judge's model is loaded before sampling, so that its failures come first too.
+    judge = None
     if kind == "world":
         prob = raters.Judge.for_world(world_dir).preference
         title = "world raters P*"
-    elif kind in ("pm", "rm", "ptau"):
+    else:
         from nlhf_jax import judges
 
-        judge = judges.load_judge(jdir) if hasattr(judges, "load_judge") else None
-        if judge is None:
-            p.error(f"cannot load a judge from {jdir}")
+        judge = judges.load_judge(plan.judge_dir)
         prob = judge.prob
         title = {"pm": "preference model", "rm": "reward model", "ptau": f"P_tau (tau={a.tau})"}[kind]
-    else:
-        p.error(f"--judge {a.judge!r}: expected world, pm:DIR, rm:DIR or ptau:DIR")
+    samples = sample_policies(policies, ds.features["prompts"], voc, cfg, a.seed, plan.reference_dir)
+    names = [s.name for s in samples]
     responses = {s.name: s.texts for s in samples}
     if kind == "ptau":
         cells = ptau_cells(samples, posts, prob, a.tau, antisymmetric=getattr(judge, "both_orders", False))

@@ -150,7 +150,8 @@ def _train(
     writer = metrics_lib.MetricWriter(model_dir)
     try:
         result = trainer.run_loop(
-            state=state, jitted_step=jitted, dataset=dataset, loop=loop, mesh=mesh_,
+            state=state, step_fn=trainer.supervised_step_fn(jitted, dataset, loop, mesh_),
+            loop=loop, mesh=mesh_,
             rules=rules, checkpointer=ckpt, writer=writer, eval_fn=eval_fn,
             desc="pm" if kind == pairwise.PREFERENCE else "rm",
         )  # fmt: skip

@@ -27,12 +27,10 @@ import time
 from typing import Any, Optional, Sequence
 
 import flax
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import auto as tqdm
 
 from nlhf_jax import checkpointing
 from nlhf_jax import decoding
@@ -211,7 +209,8 @@ def train_policy(
         checkpointing.save_model_config(os.path.join(model_dir, "ema"), config)
         ema_state = train_state_lib.TrainState(step=state.step, params=state.params, opt_state={})
         ema_shard = train_state_lib.TrainState(step=shardings.step, params=shardings.params, opt_state={})
-        restored = ema_ckpt.restore_latest(ema_state, ema_shard)
+        restored = (ema_ckpt.restore_latest(ema_state, ema_shard, step=int(state.step))
+                    if int(state.step) > 0 else None)
         # theta_bar_0 = theta_0 (the SFT parameters), App. F.3; copy, not alias.
         frozen["ema"] = (restored.params if restored is not None
                          else jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p),
@@ -241,98 +240,85 @@ def train_policy(
     jit_ema = jax.jit(steps.ema_update, in_shardings=(shardings.params, shardings.params, rep),
                       out_shardings=shardings.params, donate_argnums=0)
 
-    writer = metrics_lib.MetricWriter(model_dir)
     base_rng = jax.random.key(loop.seed)
-    start = int(jax.device_get(state.step))
     n_rows = loop.batch_size * nashmd.num_samples
-    pending: list[dict] = []
-    last: dict = {}
-    preempted = False
-    bar = tqdm.tqdm(total=loop.num_steps, initial=start, desc=nashmd.algorithm,
-                    disable=not loop.progress or jax.process_index() != 0, dynamic_ncols=True)
+
+    def step_fn(state, step):
+        """One online step: sample, score, reference, update (and the EMA)."""
+        t0 = time.perf_counter()
+        rng = jax.random.fold_in(base_rng, step)
+        idx = prompts.indices(step, loop.batch_size, loop.seed)
+        idx = np.repeat(idx, nashmd.num_samples)
+        posts = [prompts.meta["posts"][i] for i in idx]
+        prompt_ids = partitioning.host_local_batch_to_global(
+            {"p": prompts.features["prompts"][idx]}, mesh_)["p"]
+        beta = beta_fn(step)
+        roll = jax.device_get(jit_sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta))
+        t1 = time.perf_counter()
+        ys = _text(vocabulary, roll.tokens, roll.lengths)
+        ys_alt = None
+        if nashmd.algorithm == "rlhf":
+            reward = np.asarray(judge.rewards(posts, ys), np.float32)
+            pref = None
+        else:
+            ys_alt = _text(vocabulary, roll.alt_tokens, roll.alt_lengths)
+            fn = getattr(judge, "prob", None) or judge.preference
+            pref = np.asarray(fn(posts, ys, ys_alt), np.float32)
+            reward = pref.copy()
+        reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
+        t2 = time.perf_counter()
+        ref_lp = jit_ref(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
+        batch = partitioning.host_local_batch_to_global({
+            "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
+            "lengths": np.asarray(roll.lengths), "reward": reward,
+            "reference_logps": np.asarray(jax.device_get(ref_lp)),
+            "tau": np.full((n_rows,), float(tau_fn(step)), np.float32),
+            "example_weights": np.ones((n_rows,), np.float32),
+        }, mesh_)
+        t3 = time.perf_counter()
+        state, metrics = jit_update(state, batch, rng)
+        if "ema" in frozen:
+            frozen["ema"] = jit_ema(frozen["ema"], state.params, beta)
+        metrics = jax.device_get(metrics)
+        t4 = time.perf_counter()
+        metrics.update({
+            "nashmd/beta": float(beta), "nashmd/tau": float(tau_fn(step)),
+            "rollout/eos_rate": float(np.mean(roll.has_eos)),
+            "rollout/length": float(np.mean(roll.lengths)),
+            "time/sample_s": t1 - t0, "time/score_s": t2 - t1,
+            "time/reference_s": t3 - t2, "time/update_s": t4 - t3,
+            "perf/samples_per_s": n_rows / max(t4 - t0, 1e-9),
+        })
+        if pref is not None:
+            metrics["nashmd/pref_vs_alt"] = float(pref.mean())
+            metrics["rollout/alt_length"] = float(np.mean(roll.alt_lengths))
+        texts = None
+        if nashmd.log_samples_every and (step + 1) % nashmd.log_samples_every == 0:
+            texts = {"samples/post": posts[0][:300], "samples/y": ys[0]}
+            if ys_alt is not None:
+                texts["samples/y_alt"] = ys_alt[0]
+        return state, metrics, texts
+
+    current = {"state": state}
+    companions = []
+    if ema_ckpt is not None:
+        companions.append(trainer.Companion(ema_ckpt, lambda: train_state_lib.TrainState(
+            step=current["state"].step, params=frozen["ema"], opt_state={})))
+
+    def tracked_step_fn(state, step):  # the EMA companion is saved at the state's step
+        state, metrics, texts = step_fn(state, step)
+        current["state"] = state
+        return state, metrics, texts
+
+    writer = metrics_lib.MetricWriter(model_dir)
     try:
-        with trainer._Preemption() as preemption, jax.set_mesh(mesh_), nn.logical_axis_rules(rules):
-            for step in range(start, loop.num_steps):
-                t0 = time.perf_counter()
-                rng = jax.random.fold_in(base_rng, step)
-                idx = prompts.indices(step, loop.batch_size, loop.seed)
-                idx = np.repeat(idx, nashmd.num_samples)
-                posts = [prompts.meta["posts"][i] for i in idx]
-                prompt_ids = partitioning.host_local_batch_to_global(
-                    {"p": prompts.features["prompts"][idx]}, mesh_)["p"]
-                beta = beta_fn(step)
-                roll = jit_sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta)
-                roll = jax.device_get(roll)
-                t1 = time.perf_counter()
-                ys = _text(vocabulary, roll.tokens, roll.lengths)
-                if nashmd.algorithm == "rlhf":
-                    reward = np.asarray(judge.rewards(posts, ys), np.float32)
-                    pref = None
-                else:
-                    ys_alt = _text(vocabulary, roll.alt_tokens, roll.alt_lengths)
-                    fn = getattr(judge, "prob", None) or judge.preference
-                    pref = np.asarray(fn(posts, ys, ys_alt), np.float32)
-                    reward = pref.copy()
-                reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
-                t2 = time.perf_counter()
-                ref_lp = jit_ref(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
-                batch = partitioning.host_local_batch_to_global({
-                    "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
-                    "lengths": np.asarray(roll.lengths), "reward": reward,
-                    "reference_logps": np.asarray(jax.device_get(ref_lp)),
-                    "tau": np.full((n_rows,), float(tau_fn(step)), np.float32),
-                    "example_weights": np.ones((n_rows,), np.float32),
-                }, mesh_)
-                t3 = time.perf_counter()
-                state, metrics = jit_update(state, batch, rng)
-                if "ema" in frozen:
-                    frozen["ema"] = jit_ema(frozen["ema"], state.params, beta)
-                metrics = jax.device_get(metrics)
-                t4 = time.perf_counter()
-                if not np.isfinite(metrics["policy/loss"]):
-                    good = ckpt.latest_step()
-                    raise trainer.NonFiniteLossError(
-                        f"non-finite policy/loss at step {step}; the last good checkpoint is "
-                        f"step {good} in {ckpt.directory}")
-                metrics.update({
-                    "nashmd/beta": float(beta), "nashmd/tau": float(tau_fn(step)),
-                    "rollout/eos_rate": float(np.mean(roll.has_eos)),
-                    "rollout/length": float(np.mean(roll.lengths)),
-                    "time/sample_s": t1 - t0, "time/score_s": t2 - t1,
-                    "time/reference_s": t3 - t2, "time/update_s": t4 - t3,
-                    "perf/samples_per_s": n_rows / max(t4 - t0, 1e-9),
-                })
-                if pref is not None:
-                    metrics["nashmd/pref_vs_alt"] = float(pref.mean())
-                    metrics["rollout/alt_length"] = float(np.mean(roll.alt_lengths))
-                pending.append(metrics)
-                done = step + 1
-                bar.update(1)
-                if done % loop.log_every == 0 or done == loop.num_steps:
-                    last = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-                    pending = []
-                    texts = None
-                    if nashmd.log_samples_every and done % nashmd.log_samples_every == 0:
-                        texts = {"samples/post": posts[0][:300], "samples/y": ys[0]}
-                        if pref is not None:
-                            texts["samples/y_alt"] = ys_alt[0]
-                    writer.write(done, last, texts)
-                    bar.set_postfix({"reward": f"{last['policy/reward']:.3f}", "kl": f"{last['policy/kl_ref']:.2f}"})
-                if eval_fn is not None and loop.eval_every and done % loop.eval_every == 0:
-                    writer.write(done, eval_fn(state.params))
-                if ckpt.maybe_save(state, done) and ema_ckpt is not None:
-                    ema_ckpt.save(train_state_lib.TrainState(step=state.step, params=frozen["ema"], opt_state={}))
-                if preemption.requested:
-                    preempted = True
-                    break
-        ckpt.save(state, force=True)
-        if ema_ckpt is not None:
-            ema_ckpt.save(train_state_lib.TrainState(step=state.step, params=frozen["ema"], opt_state={}), force=True)
+        return trainer.run_loop(
+            state=state, step_fn=tracked_step_fn, loop=loop, mesh=mesh_, rules=rules,
+            checkpointer=ckpt, writer=writer, eval_fn=eval_fn, desc=nashmd.algorithm,
+            companions=companions, progress_keys=("policy/reward", "policy/kl_ref"),
+        )
     finally:
-        bar.close()
         writer.close()
         ckpt.close()
         if ema_ckpt is not None:
             ema_ckpt.close()
-    return trainer.LoopResult(state=state, last_metrics=last, preempted=preempted,
-                              steps_run=int(jax.device_get(state.step)) - start)

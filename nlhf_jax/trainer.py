@@ -15,7 +15,7 @@ import logging
 import math
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,6 +25,7 @@ import optax
 from tqdm import auto as tqdm
 
 from nlhf_jax import checkpointing
+from nlhf_jax import faults
 from nlhf_jax import input_pipeline
 from nlhf_jax import metrics as metrics_lib
 from nlhf_jax import partitioning
@@ -58,10 +59,6 @@ class LoopConfig:
     def __post_init__(self):
         if self.num_steps < 0 or self.batch_size <= 0:
             raise ValueError(f"LoopConfig: bad num_steps/batch_size {self.num_steps}/{self.batch_size}")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a step produces a non-finite loss; the bad state is not saved."""
 
 
 def init_train_state(
@@ -227,27 +224,114 @@ def jit_step(
     )
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A step, the updated state or the final evaluation is not finite; nothing
+    non-finite is saved, so the latest checkpoint is the last good one."""
+
+
+# ------------------------------------------------------------------ preemption
+
+
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGTERM into a flag that the loop checks between steps.
+
+    One handler for the whole process, installed by the outermost `with` (the
+    command line wraps the entire run, so a SIGTERM during set-up, compilation, the
+    final evaluation or the final save is also just a flag); inner `with` blocks, such
+    as the loop's, share it.
+    """
 
     def __init__(self):
         self.requested = False
+        self._depth = 0
         self._previous = None
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler, no preemption support
-            self._previous = None
+        if self._depth == 0:
+            self.requested = False
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread: no handler, no preemption support
+                self._previous = None
+        self._depth += 1
         return self
 
     def _handle(self, signum, frame):
         del signum, frame
+        if not self.requested:
+            logging.warning("SIGTERM received: the run saves a checkpoint at the next safe point and exits")
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
+        self._depth -= 1
+        if self._depth == 0 and self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+PREEMPTION = _Preemption()
+
+
+def preemption_guard() -> _Preemption:
+    """`with trainer.preemption_guard():` makes SIGTERM a flag for everything inside."""
+    return PREEMPTION
+
+
+# ------------------------------------------------------------------ finiteness
+
+
+@jax.jit
+def _finite_leaves(tree: PyTree) -> list[jax.Array]:
+    return [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+
+def non_finite_paths(tree: PyTree) -> list[str]:
+    """Paths ('params/decoder/.../kernel') of the floating-point leaves holding a NaN or
+    an Inf; [] when the whole tree is finite. One fused reduction per leaf."""
+    flags = jax.device_get(_finite_leaves(tree))
+    paths = [checkpointing.path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return [p for p, ok in zip(paths, flags) if not ok]
+
+
+def _last_good(checkpointer: checkpointing.Checkpointer) -> str:
+    checkpointer.wait()
+    good = checkpointer.latest_step()
+    if good is None:
+        return "No checkpoint was saved yet. Lower the learning rate or check the data."
+    return (f"The last good checkpoint is step {good} in {checkpointer.directory} "
+            "(only finite states are saved); rerun to resume from it.")
+
+
+# ------------------------------------------------------------------ the loop
+
+
+StepFn = Callable[[TrainState, int], tuple[TrainState, dict, Optional[dict]]]
+
+
+def supervised_step_fn(jitted_step, dataset: input_pipeline.ArrayDataset, loop: LoopConfig,
+                       mesh: jax.sharding.Mesh) -> StepFn:
+    """The loop's step callback for a supervised run: batch `step` of `dataset` (this
+    host's slice, assembled into the global batch), then one jitted update."""
+    base_rng = jax.random.key(loop.seed)
+
+    def step_fn(state, step):
+        local = dataset.batch(step, loop.batch_size, loop.seed, jax.process_index(), jax.process_count())
+        batch = partitioning.host_local_batch_to_global(local, mesh)
+        state, metrics = jitted_step(state, batch, base_rng)
+        return state, jax.device_get(metrics), None
+
+    return step_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Companion:
+    """A second state saved with the train state at the same steps (Nash-EMA's
+    averaged parameters): its own checkpointer, and a function returning its state."""
+
+    checkpointer: checkpointing.Checkpointer
+    get_state: Callable[[], TrainState]
 
 
 @dataclasses.dataclass
@@ -261,8 +345,7 @@ class LoopResult:
 def run_loop(
     *,
     state: TrainState,
-    jitted_step,
-    dataset: input_pipeline.ArrayDataset,
+    step_fn: StepFn,
     loop: LoopConfig,
     mesh: jax.sharding.Mesh,
     rules: partitioning.LogicalRules,
@@ -270,67 +353,114 @@ def run_loop(
     writer: metrics_lib.MetricWriter,
     eval_fn: Optional[Callable[[PyTree], dict[str, float]]] = None,
     desc: str = "train",
+    companions: Sequence[Companion] = (),
+    progress_keys: Sequence[str] = (),
 ) -> LoopResult:
-    """Runs steps `state.step .. loop.num_steps - 1`.
+    """Runs steps `state.step .. loop.num_steps - 1` of any run, supervised or online.
 
-    Stops with NonFiniteLossError on a non-finite loss (the last good checkpoint stays
-    the latest one); on SIGTERM saves and returns with `preempted=True`.
+    Args:
+      state: the restored or fresh train state.
+      step_fn: (state, step) -> (state, metrics, texts or None); one optimizer step
+        with all its phases. Metrics are host floats; texts (sample completions) are
+        written with that step's record.
+      loop: steps, cadences, seed.
+      checkpointer, writer: where states and metrics go.
+      eval_fn: params -> eval/* metrics, every `loop.eval_every` steps and at the end.
+      companions: states saved alongside at the same steps (see `Companion`).
+      progress_keys: metric keys shown on the progress bar (besides `*/loss`).
+
+    Guarantees:
+      * Non-finite values never reach a checkpoint: a step's `*/loss`, the updated
+        state (parameters and optimizer state, and every companion) before each save,
+        and the final evaluation before the final save are checked; any failure raises
+        NonFiniteLossError naming the last good (latest) checkpoint. Rotation only
+        deletes older steps, so that one is kept.
+      * SIGTERM (see `preemption_guard`) saves a complete checkpoint at the next step
+        boundary and returns `preempted=True`; before the first step it returns with
+        nothing to save.
+      * One metrics record per step; on resume, records after the restored step (from
+        the interrupted run) are dropped first, so no step appears twice.
     """
-    base_rng = jax.random.key(loop.seed)
     start = int(jax.device_get(state.step))
+    last: dict[str, float] = writer.resume(start)
     pending: list[dict[str, Any]] = []
-    last: dict[str, float] = {}
-    preempted = False
     t_last = time.perf_counter()
-    bar = tqdm.tqdm(
-        total=loop.num_steps, initial=start, desc=desc, disable=not loop.progress or jax.process_index() != 0,
-        dynamic_ncols=True,
-    )
-    with _Preemption() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+
+    def save(state, done, force):
+        bad = non_finite_paths(state)
+        for c in companions:
+            bad += [f"{c.checkpointer.directory}:{p}" for p in non_finite_paths(c.get_state())]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite values in the state after step {done} ({bad[0]}"
+                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); not saved. "
+                + _last_good(checkpointer))
+        if checkpointer.save(state, force=force):
+            for c in companions:
+                c.checkpointer.save(c.get_state(), force=force)
+            faults.point("final_save" if force else "save")
+
+    with preemption_guard() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        if start >= loop.num_steps:
+            logging.info("%s: already finished at step %d (num_steps %d); nothing to do",
+                         desc, start, loop.num_steps)
+            return LoopResult(state=state, last_metrics=last, preempted=False, steps_run=0)
+        faults.point("start")
+        if preemption.requested:
+            logging.warning("%s: SIGTERM before the first step; nothing new to save", desc)
+            return LoopResult(state=state, last_metrics=last, preempted=True, steps_run=0)
+        bar = tqdm.tqdm(total=loop.num_steps, initial=start, desc=desc, dynamic_ncols=True,
+                        disable=not loop.progress or jax.process_index() != 0)
+        preempted = False
         for step in range(start, loop.num_steps):
-            local = dataset.batch(step, loop.batch_size, loop.seed, jax.process_index(), jax.process_count())
-            batch = partitioning.host_local_batch_to_global(local, mesh)
-            state, metrics = jitted_step(state, batch, base_rng)
-            metrics = jax.device_get(metrics)
-            loss_keys = [k for k in metrics if k.endswith("/loss")]
-            bad = [k for k in loss_keys if not math.isfinite(float(metrics[k]))]
+            state, metrics, texts = step_fn(state, step)
+            faults.point("step")
+            bad = [k for k in metrics if k.endswith("/loss") and not math.isfinite(float(metrics[k]))]
             if bad:
-                good = checkpointer.latest_step()
-                checkpointer.wait()
+                bar.close()
                 raise NonFiniteLossError(
                     f"non-finite {bad[0]}={float(metrics[bad[0]])} at step {step}; stopping. "
-                    f"The last good checkpoint is step {good} in {checkpointer.directory}"
-                    if good is not None
-                    else f"non-finite {bad[0]}={float(metrics[bad[0]])} at step {step}; stopping "
-                    "(no checkpoint was saved yet). Lower the learning rate or check the data."
-                )
+                    + _last_good(checkpointer))
             pending.append(metrics)
             done = step + 1
+            final = done == loop.num_steps
             bar.update(1)
-            if done % loop.log_every == 0 or done == loop.num_steps:
+            record: dict[str, float] = {}
+            if done % loop.log_every == 0 or final:
                 now = time.perf_counter()
-                last = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-                last["perf/steps_per_s"] = len(pending) / max(now - t_last, 1e-9)
-                t_last = now
-                pending = []
-                writer.write(done, last)
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in last.items() if k.endswith("/loss") or k == "perf/steps_per_s"})
-            if eval_fn is not None and loop.eval_every and done % loop.eval_every == 0:
-                writer.write(done, eval_fn(state.params))
-            checkpointer.maybe_save(state, done)
+                record = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+                record["perf/steps_per_s"] = len(pending) / max(now - t_last, 1e-9)
+                t_last, pending = now, []
+                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in record.items()
+                                 if k.endswith("/loss") or k in progress_keys})
+            if eval_fn is not None and (final or (loop.eval_every and done % loop.eval_every == 0)):
+                evals = {k: float(v) for k, v in eval_fn(state.params).items()}
+                faults.point("eval")
+                bad = [k for k, v in evals.items() if not math.isfinite(v)]
+                if bad and final:
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"non-finite {bad[0]}={evals[bad[0]]} in the final evaluation at step "
+                        f"{done}; the final state is not saved. " + _last_good(checkpointer))
+                record.update(evals)
+            if record or texts:
+                writer.write(done, record, texts)
+                last.update(record)
+            if final:
+                break
+            if checkpointer.due(done):
+                save(state, done, force=False)
             if preemption.requested:
-                logging.warning("SIGTERM received: saving step %d and exiting", done)
-                checkpointer.save(state, force=True)
+                logging.warning("%s: saving step %d after SIGTERM", desc, done)
+                save(state, done, force=True)
                 preempted = True
                 break
-    bar.close()
-    if not preempted:
-        checkpointer.save(state, force=True)
-        if eval_fn is not None:
-            final = eval_fn(state.params)
-            writer.write(int(jax.device_get(state.step)), final)
-            last.update(final)
-    checkpointer.wait()
+        bar.close()
+        if not preempted:
+            save(state, loop.num_steps, force=True)
+        checkpointer.wait()
+        for c in companions:
+            c.checkpointer.wait()
     return LoopResult(state=state, last_metrics=last, preempted=preempted,
                       steps_run=int(jax.device_get(state.step)) - start)
 

@@ -123,26 +123,28 @@ _CACHE_CHILD = """
 import os, subprocess, sys
 from nlhf_jax import demo
 cache = sys.argv[1]
-demo._enable_compile_cache(cache)
+# Threshold 0: every compiled program is written, however fast this machine compiles
+# (the demo's 0.2 s threshold would make the test depend on machine load).
+demo._enable_compile_cache(cache, min_compile_secs=0.0)
 import jax, jax.numpy as jnp
 assert jax.config.jax_compilation_cache_dir == cache
+assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
 
-def f(x):  # unrolled, so it compiles for longer than the cache's 0.2 s threshold
-    for i in range(400):
-        x = jnp.sin(x * (i + 1)) + jnp.cos(x)
-    return x
+def f(x):
+    return jnp.sin(x) * 2.0
 
 jax.jit(f)(jnp.ones(3)).block_until_ready()
-# a stage started from here (as `run_stages` starts them) sees the same cache
-out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['JAX_COMPILATION_CACHE_DIR'])"],
-                     capture_output=True, text=True, check=True).stdout.strip()
-assert out == cache, out
+# a stage started from here (as `run_stages` starts them) sees the same settings
+out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['JAX_COMPILATION_CACHE_DIR'], "
+                      "os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'])"],
+                     capture_output=True, text=True, check=True).stdout.split()
+assert out == [cache, "0.0"], out
 """
 
 
 def test_compile_cache_is_written_and_inherited_by_stages(tmp_path):
     """`--compile_cache`: the demo process writes compiled programs to the cache and the
-    stage processes it starts inherit the setting (run in a child process so this test
+    stage processes it starts inherit the settings (run in a child process so this test
     process's jax config stays untouched)."""
     cache = str(tmp_path / "jax_cache")
     subprocess.run([sys.executable, "-c", _CACHE_CHILD, cache], check=True, timeout=300)

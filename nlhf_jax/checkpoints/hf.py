@@ -17,8 +17,16 @@ decoder output by d_model**-0.5" (T5 v1.0); v1.1 set it to false and stored a se
 records the scaling in `scale_decoder_outputs`; a model whose head differs from the
 embedding still saves `lm_head.weight`. We read both, and write both keys so either
 generation of `transformers` loads what `save_t5` writes.
+
+A checkpoint that cannot be used fails with a `CheckpointError` naming the file and,
+where there is one, the place: a corrupt or truncated safetensors file (with
+safetensors' own reason), a `config.json` that is not JSON (line and column) or whose
+field has the wrong JSON type (e.g. ``"d_model": "512"``), a tensor holding NaN or Inf
+(its name and how many). Catching these here saves a TypeError deep in the model or
+a run that trains on NaNs.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -61,6 +69,103 @@ _EMBED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 _IGNORED = frozenset({"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"})
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+# config.json fields we read -> their JSON type (and the name used in messages).
+_INT = (int, "an integer")
+_NUMBER = ((int, float), "a number")
+_STRING = (str, "a string")
+_BOOL = (bool, "a boolean")
+_CONFIG_TYPES = {
+    "model_type": _STRING,
+    "feed_forward_proj": _STRING,
+    "vocab_size": _INT,
+    "d_model": _INT,
+    "num_heads": _INT,
+    "num_layers": _INT,
+    "num_decoder_layers": _INT,  # may also be null: as many as the encoder
+    "d_kv": _INT,
+    "d_ff": _INT,
+    "dropout_rate": _NUMBER,
+    "relative_attention_num_buckets": _INT,
+    "relative_attention_max_distance": _INT,
+    "layer_norm_epsilon": _NUMBER,
+    "tie_word_embeddings": _BOOL,
+    "scale_decoder_outputs": _BOOL,
+}
+_JSON_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+                    list: "a list", dict: "an object", type(None): "null"}  # fmt: skip
+
+
+def _config_field(hf_config: Mapping[str, Any], name: str, default: Any, source: str) -> Any:
+    """`hf_config[name]` (or `default` when absent), checked against its JSON type.
+
+    Raises:
+      CheckpointError: naming `source`, the field, the expected and the found type.
+    """
+    if name not in hf_config:
+        return default
+    value = hf_config[name]
+    types_, expected = _CONFIG_TYPES[name]
+    # bool is an int subclass in Python, but `true` is no layer count.
+    ok = isinstance(value, types_) and (types_ is bool or not isinstance(value, bool))
+    if name == "num_decoder_layers" and value is None:
+        ok = True
+    if not ok:
+        try:
+            shown = json.dumps(value)
+        except (TypeError, ValueError):
+            shown = repr(value)
+        found = _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+        raise CheckpointError(
+            f"{source}: field '{name}' must be {expected}, got {shown} ({found})"
+        )
+    return value
+
+
+def _read_json(path: str) -> Any:
+    """Parses a JSON file; errors name the file (and the line and column)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not valid UTF-8 ({e})") from e
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: str):
+    """`safetensors.safe_open` (numpy) whose failures name the file.
+
+    safetensors' own errors (truncated file, corrupt header) say what is wrong but
+    not with which file, which matters for a sharded checkpoint.
+    """
+    try:
+        with safetensors.safe_open(path, framework="np") as f:
+            yield f
+    except safetensors.SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def _check_finite(value: np.ndarray, name: str, where: str) -> None:
+    """Raises when tensor `name` (read from `where`) holds NaN or Inf."""
+    if value.dtype.kind in "iub":
+        return
+    # A float64 sum is finite exactly when every value is (weights are far from
+    # overflowing it) and needs no full-size mask; count only when it is not.
+    if np.isfinite(np.sum(value, dtype=np.float64)):
+        return
+    n_nan, n_inf = int(np.count_nonzero(np.isnan(value))), int(np.count_nonzero(np.isinf(value)))
+    if n_nan or n_inf:
+        raise CheckpointError(
+            f"tensor {name!r} in {where} has {n_nan + n_inf} non-finite values "
+            f"({n_nan} NaN, {n_inf} Inf) of {value.size}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Entry:
     """One HF tensor and where it lives in our tree.
@@ -78,11 +183,14 @@ class _Entry:
     transpose: bool = False
 
 
-def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> t5.T5Config:
+def config_from_hf(
+    hf_config: Mapping[str, Any], *, source: str = CONFIG_NAME, **overrides
+) -> t5.T5Config:
     """Builds our `T5Config` from the contents of an HF T5 `config.json`.
 
     Args:
       hf_config: the parsed JSON.
+      source: the file it came from, for error messages.
       **overrides: T5Config fields that do not change parameter shapes (`dtype`,
         `param_dtype`, `remat_policy`, `scan_layers`, `dropout_rate`).
 
@@ -91,6 +199,8 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> t5.T5Config:
       the config; `load_t5` also checks it against the tensors present.
 
     Raises:
+      CheckpointError: the config is not a JSON object, or a field we read has the
+        wrong JSON type (names `source`, the field and the expected type).
       ValueError: unsupported model type or feed-forward projection, or an override of
         an architecture field.
     """
@@ -100,30 +210,36 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> t5.T5Config:
             f"cannot override {sorted(unknown)} when loading a checkpoint; allowed: "
             f"{sorted(_LOAD_OVERRIDES)}"
         )
-    model_type = hf_config.get("model_type", "t5")
+    if not isinstance(hf_config, Mapping):
+        found = _JSON_TYPE_NAMES.get(type(hf_config), type(hf_config).__name__)
+        raise CheckpointError(f"{source}: expected a JSON object, got {found}")
+    # Every field is type-checked as it is read: a string "512" would otherwise reach
+    # T5Config and fail there (or, for booleans, silently mean true).
+    get = functools.partial(_config_field, hf_config, source=source)
+    model_type = get("model_type", "t5")
     if model_type not in _MODEL_TYPES:
         raise ValueError(f"model_type {model_type!r} is not a T5 model; supported: {_MODEL_TYPES}")
-    proj = hf_config.get("feed_forward_proj", "relu")
+    proj = get("feed_forward_proj", "relu")
     if proj not in _FEED_FORWARD:
         raise ValueError(
             f"unsupported feed_forward_proj {proj!r}; supported: {sorted(_FEED_FORWARD)}"
         )
-    num_layers = hf_config.get("num_layers", 6)
-    num_decoder_layers = hf_config.get("num_decoder_layers")
+    num_layers = get("num_layers", 6)
+    num_decoder_layers = get("num_decoder_layers", None)
     fields = dict(
-        vocab_size=hf_config.get("vocab_size", 32128),
-        emb_dim=hf_config.get("d_model", 512),
-        num_heads=hf_config.get("num_heads", 8),
+        vocab_size=get("vocab_size", 32128),
+        emb_dim=get("d_model", 512),
+        num_heads=get("num_heads", 8),
         num_encoder_layers=num_layers,
         num_decoder_layers=num_layers if num_decoder_layers is None else num_decoder_layers,
-        head_dim=hf_config.get("d_kv", 64),
-        mlp_dim=hf_config.get("d_ff", 2048),
+        head_dim=get("d_kv", 64),
+        mlp_dim=get("d_ff", 2048),
         mlp_activations=_FEED_FORWARD[proj],
-        dropout_rate=hf_config.get("dropout_rate", 0.1),
-        logits_via_embedding=_scales_decoder_outputs(hf_config),
-        relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
-        relative_attention_max_distance=hf_config.get("relative_attention_max_distance", 128),
-        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
+        dropout_rate=get("dropout_rate", 0.1),
+        logits_via_embedding=_scales_decoder_outputs(hf_config, source),
+        relative_attention_num_buckets=get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=get("relative_attention_max_distance", 128),
+        layer_norm_epsilon=get("layer_norm_epsilon", 1e-6),
     )
     fields.update(overrides)
     return t5.T5Config(**fields)
@@ -188,6 +304,10 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
 
     Raises:
       FileNotFoundError: no config or weights in `directory`.
+      CheckpointError: (a ValueError) a safetensors file is truncated or corrupt, the
+        config or index is not valid JSON or a config field has the wrong type, or a
+        tensor holds NaN or Inf; the message names the file (and the line and column,
+        the field or the tensor).
       ValueError: a tensor is missing, unexpected or mis-shaped (the message names the
         tensor, the expected and found shapes and the file), a copy of the embedding
         differs from it, or the config is not supported.
@@ -196,8 +316,7 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
     config_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-    with open(config_path, encoding="utf-8") as f:
-        config = config_from_hf(json.load(f), **overrides)
+    config = config_from_hf(_read_json(config_path), source=config_path, **overrides)
     locations, describe = _tensor_locations(directory)
     found = _found_shapes(locations)
 
@@ -229,14 +348,16 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
     flat_params: dict[tuple[str, ...], np.ndarray] = {}
     copies: dict[str, np.ndarray] = {}
     for file_path, names in _group_by_file(locations).items():
-        with safetensors.safe_open(file_path, framework="np") as f:
+        with _open_safetensors(file_path) as f:
             for name in names:
                 if name in targets:
                     value = f.get_tensor(name)
+                    _check_finite(value, name, describe(name))
                     for entry, shape in targets[name]:
                         _place(flat_params, entry, shape, value, config, dtype)
                 elif name in tolerated and name not in _IGNORED:
                     copies[name] = f.get_tensor(name)
+                    _check_finite(copies[name], name, describe(name))
 
     embedding = flat_params[("token_embedder", "embedding")]
     for name, value in copies.items():
@@ -347,12 +468,12 @@ def save_t5(
         f.write("\n")
 
 
-def _scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
+def _scales_decoder_outputs(hf_config: Mapping[str, Any], source: str = CONFIG_NAME) -> bool:
     """Whether HF multiplies the decoder output by d_model**-0.5 (T5 v1.0)."""
     if "scale_decoder_outputs" in hf_config:
-        return bool(hf_config["scale_decoder_outputs"])
+        return _config_field(hf_config, "scale_decoder_outputs", None, source)
     # Both transformers 4.x and 5.x default to tied-and-scaled when the key is absent.
-    return bool(hf_config.get("tie_word_embeddings", True))
+    return _config_field(hf_config, "tie_word_embeddings", True, source)
 
 
 def _entries(config: t5.T5Config) -> list[_Entry]:
@@ -445,8 +566,10 @@ def _tensor_locations(directory: str):
     index_path = os.path.join(directory, INDEX_NAME)
     single_path = os.path.join(directory, WEIGHTS_NAME)
     if os.path.exists(index_path):
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
+        weight_map = _read_json(index_path)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: expected an object with a 'weight_map' object")
         locations = {name: os.path.join(directory, file) for name, file in weight_map.items()}
 
         def describe(name):
@@ -455,7 +578,7 @@ def _tensor_locations(directory: str):
 
         return locations, describe
     if os.path.exists(single_path):
-        with safetensors.safe_open(single_path, framework="np") as f:
+        with _open_safetensors(single_path) as f:
             locations = {name: single_path for name in f.keys()}
         return locations, lambda name: single_path
     raise FileNotFoundError(f"neither {WEIGHTS_NAME} nor {INDEX_NAME} in {directory}")
@@ -474,7 +597,7 @@ def _found_shapes(locations: Mapping[str, str]) -> dict[str, Optional[tuple[int,
     for file, names in _group_by_file(locations).items():
         if not os.path.exists(file):
             raise FileNotFoundError(f"shard {file} listed in the index does not exist")
-        with safetensors.safe_open(file, framework="np") as f:
+        with _open_safetensors(file) as f:
             present = set(f.keys())
             for name in names:
                 found[name] = tuple(f.get_slice(name).get_shape()) if name in present else None

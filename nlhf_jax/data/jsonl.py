@@ -23,6 +23,23 @@ possibly empty title); ``choice`` is the integer 0 or 1; ``summaries`` has exact
 entries; ids are unique (for comparisons: the same post, the same two summaries and
 the same worker twice).
 
+Files are read as bytes and decoded line by line, so a line that is not UTF-8 is one
+bad line (``not UTF-8``), named and skippable like any other, not an exception that
+ends the read.
+
+Splits: a file whose lines carry a ``split`` field gets a line in the summary with its
+rows per split value (``PATH: 120 train, 30 valid1; kept 120, skipped 0``). The
+comparison reader knows the OpenAI values (``train``, ``valid1``, ``valid2``) plus any
+the caller asks for; another value (``Train``, ``valid``) is reported with the file,
+its first line and its number of rows. When the caller filters by split, such rows
+(and rows without a ``split``) could never be returned, so they are an error (raised
+once the file has been read, so that the count is known), or, with
+``skip_invalid=True``, skipped and counted; without a filter the file is taken whole,
+rows are kept, and the value is only reported.
+
+Empty input is an error: a file without records (nothing but blank lines, or every
+line skipped), and a read that keeps nothing of the requested splits.
+
 Truncation rule: with ``max_post_words=N`` a post longer than N whitespace-separated
 words keeps its first N words; each such record is counted in the report (never
 silently). Token-level truncation is the business of `tasks.py`.
@@ -40,13 +57,18 @@ PathSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 # Comparison `split` values of each seqio split (OpenAI naming).
 COMPARISON_SPLITS = {"train": ("train",), "validation": ("valid1",), "test": ("valid2",)}
+# Every `split` value of the OpenAI comparison files (and of the world's).
+KNOWN_COMPARISON_SPLITS = frozenset(s for v in COMPARISON_SPLITS.values() for s in v)
+# The first skip messages kept in a `ReadReport`.
+_MAX_EXAMPLES = 5
 
 
 class DataError(ValueError):
-    """A bad input line: ``PATH:LINE: problem``."""
+    """Bad input: ``PATH:LINE: problem`` for a line, ``PATH: problem`` for a whole file
+    (``line`` is None)."""
 
-    def __init__(self, path: str, line: int, problem: str, kind: str = "invalid"):
-        super().__init__(f"{path}:{line}: {problem}")
+    def __init__(self, path: str, line: Optional[int], problem: str, kind: str = "invalid"):
+        super().__init__(f"{path}: {problem}" if line is None else f"{path}:{line}: {problem}")
         self.path, self.line, self.problem, self.kind = path, line, problem, kind
 
 
@@ -61,6 +83,11 @@ class ReadReport:
       skipped: kind of problem -> lines skipped.
       truncated: field -> records whose field was truncated.
       examples: the first few skip messages, ``PATH:LINE: problem``.
+      split_counts: file -> split value -> rows, for files whose lines have a
+        ``split`` field (rows of every split, whether asked for or not).
+      kept_by_file, skipped_by_file: file -> records kept / lines skipped.
+      warnings: unknown split values, one message per value and file, as
+        ``PATH:FIRST_LINE: unknown split 'V' in N rows (first at line FIRST_LINE)...``.
     """
 
     paths: list[str] = dataclasses.field(default_factory=list)
@@ -70,15 +97,24 @@ class ReadReport:
     truncated: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list[str] = dataclasses.field(default_factory=list)
     max_post_words: Optional[int] = None
+    split_counts: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+    kept_by_file: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped_by_file: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        """One paragraph: kept / skipped by kind / truncated, with example lines."""
+        """One paragraph: kept / rows per split and file / unknown splits / skipped by
+        kind / truncated, with example lines."""
         where = ", ".join(self.paths) if len(self.paths) <= 3 else f"{len(self.paths)} files"
         lines = [f"read {where}: kept {self.n_kept} of {self.n_lines} lines"]
+        for path, counts in self.split_counts.items():
+            lines.append(f"  {path}: {_format_counts(counts)}; kept "
+                         f"{self.kept_by_file[path]}, skipped {self.skipped_by_file[path]}")
+        lines += [f"  {w}" for w in self.warnings]
         if self.skipped:
             kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.skipped.items()))
             lines.append(f"  skipped {self.n_skipped} invalid lines ({kinds})")
@@ -88,6 +124,11 @@ class ReadReport:
                 f"  truncated {field} in {n} records to its first {self.max_post_words} words"
             )
         return "\n".join(lines)
+
+
+def _format_counts(counts: collections.Counter) -> str:
+    """``3 train, 2 valid1`` (values in sorted order)."""
+    return ", ".join(f"{n} {value}" for value, n in sorted(counts.items())) or "no rows"
 
 
 def resolve_paths(spec: PathSpec) -> list[str]:
@@ -155,34 +196,111 @@ def _truncate(text: str, max_words: Optional[int]) -> tuple[str, bool]:
     return " ".join(words[:max_words]), True
 
 
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _split_label(value: Any) -> str:
+    """A split value as shown in counts: strings as they are, anything else as repr."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _split_problem(obj: dict, known: frozenset, filtering: bool) -> Optional[tuple[str, str]]:
+    """(kind, description) when a line's ``split`` is not a known value, else None.
+
+    A line without the field is a problem only when the caller filters by split (it
+    could never be returned); a file taken whole may have no split field at all.
+    """
+    if "split" not in obj:
+        return ("missing field", "no field 'split'") if filtering else None
+    split = obj["split"]
+    if isinstance(split, str) and split in known:
+        return None
+    return "unknown split", f"unknown split {split!r}"
+
+
 def _read(
     spec: PathSpec,
-    parse: Callable[[dict, str, int], tuple[Optional[dict], Any, Optional[str]]],
+    parse: Callable[[dict, str, int], tuple[dict, Any, str]],
     *,
     skip_invalid: bool,
     max_post_words: Optional[int],
     report_fn: Optional[Callable[[str], None]],
+    keep_splits: Optional[frozenset] = None,
+    known_splits: Optional[frozenset] = None,
 ) -> tuple[list[dict], ReadReport]:
+    """Reads every file of `spec`, line by line, through `parse`.
+
+    Args:
+      parse: (object, path, line) -> (record, duplicate key, what a duplicate is);
+        raises `DataError` for a bad line.
+      keep_splits: keep only lines whose ``split`` is one of these; None: all.
+      known_splits: the valid ``split`` values (the caller's `keep_splits` are added);
+        None: any value (no check). See the module docstring for what happens to the
+        others.
+    """
     report = ReadReport(paths=resolve_paths(spec), max_post_words=max_post_words)
+    if known_splits is not None and keep_splits is not None:
+        known_splits = known_splits | keep_splits
     records: list[dict] = []
     first_seen: dict[Any, str] = {}
+    first_skip: dict[str, str] = {}  # file -> its first skip message
+
+    def skip(e: DataError, path: str, n: int = 1, example: bool = True) -> None:
+        report.skipped[e.kind] += n
+        report.skipped_by_file[path] += n
+        first_skip.setdefault(path, str(e))
+        if example and len(report.examples) < _MAX_EXAMPLES:
+            report.examples.append(str(e))
+
     for path in report.paths:
-        with open(path, encoding="utf-8") as f:
+        n_file_lines = 0
+        splits: collections.Counter = collections.Counter()
+        # (kind, what) -> [first line, rows]; `what` names the value in messages.
+        unknown: dict[tuple[str, str], list[int]] = {}
+        # Bytes, decoded per line: one undecodable line must not end (or, skipped,
+        # take the rest of the file with it) the read; it is reported like any other.
+        with open(path, "rb") as f:
             for line_no, raw in enumerate(f, start=1):
-                if not raw.strip():
+                try:
+                    text, decode_error = raw.decode("utf-8"), None
+                except UnicodeDecodeError as e:
+                    text, decode_error = None, e
+                if text is not None and not text.strip():
                     continue
+                n_file_lines += 1
                 report.n_lines += 1
                 try:
+                    if decode_error is not None:
+                        e = decode_error
+                        raise DataError(
+                            path, line_no,
+                            f"not valid UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at "
+                            f"byte {e.start + 1} of the line)",
+                            "not UTF-8",
+                        )  # fmt: skip
                     try:
-                        obj = json.loads(raw)
+                        obj = json.loads(text)
                     except json.JSONDecodeError as e:
                         raise DataError(path, line_no, f"not valid JSON ({e.msg})", "not JSON")
                     if not isinstance(obj, dict):
                         raise DataError(path, line_no, "not a JSON object", "not an object")
-                    record, key, what = parse(obj, path, line_no)
-                    if record is None:  # filtered out (e.g. another split): not an error
-                        report.n_lines -= 1
+                    if "split" in obj:
+                        splits[_split_label(obj["split"])] += 1
+                    problem = None
+                    if known_splits is not None:
+                        problem = _split_problem(obj, known_splits, keep_splits is not None)
+                    if problem is not None:
+                        unknown.setdefault(problem, [line_no, 0])[1] += 1
+                        if keep_splits is not None:
+                            # Never returned: an error, or skipped, once the file is
+                            # counted (below).
+                            report.n_lines -= 1
+                            continue
+                    elif keep_splits is not None and obj.get("split") not in keep_splits:
+                        report.n_lines -= 1  # another split: filtered, not an error
                         continue
+                    record, key, what = parse(obj, path, line_no)
                     if key in first_seen:
                         raise DataError(
                             path, line_no,
@@ -193,17 +311,58 @@ def _read(
                 except DataError as e:
                     if not skip_invalid:
                         raise
-                    report.skipped[e.kind] += 1
-                    if len(report.examples) < 5:
-                        report.examples.append(str(e))
+                    skip(e, path)
                     continue
                 if max_post_words is not None and "post" in record:
                     record["post"], cut = _truncate(record["post"], max_post_words)
                     report.truncated["post"] += int(cut)
                 records.append(record)
+                report.kept_by_file[path] += 1
+
+        if splits:
+            report.split_counts[path] = splits
+        if unknown:
+            expected = "expected one of " + ", ".join(sorted(known_splits))
+            # In order of first occurrence.
+            found = [
+                (kind, first, f"{what} in {_rows(n)} (first at line {first})", n)
+                for (kind, what), (first, n) in unknown.items()
+            ]
+            if keep_splits is not None and not skip_invalid:
+                kind, first, problem, _ = found[0]
+                also = "".join(f"; also {p}" for _, _, p, _ in found[1:])
+                raise DataError(path, first, f"{problem}{also}; {expected}", kind)
+            for kind, first, problem, n in found:
+                if keep_splits is None:  # the file is taken whole: kept, only reported
+                    report.warnings.append(str(DataError(
+                        path, first, f"{problem}; {expected} (rows kept: no split filter)", kind
+                    )))  # fmt: skip
+                    continue
+                e = DataError(path, first, f"{problem}; {expected} (rows skipped)", kind)
+                report.n_lines += n  # skipped rows, counted like other bad lines
+                skip(e, path, n, example=False)
+                report.warnings.append(str(e))
+        if n_file_lines == 0:
+            raise DataError(path, None, "no records (the file is empty or blank)", "empty file")
+        if report.skipped_by_file[path] == n_file_lines:
+            lines = "its only line" if n_file_lines == 1 else f"all {n_file_lines} lines"
+            raise DataError(
+                path, None, f"no valid records; {lines} skipped (e.g. {first_skip[path]})",
+                "empty file",
+            )  # fmt: skip
+    if not records:
+        # Every file has records, so the split filter left nothing: say what there is.
+        every = sum(report.split_counts.values(), collections.Counter())
+        raise DataError(
+            ", ".join(report.paths), None,
+            f"no records of splits {sorted(keep_splits or [])} (rows by split: "
+            f"{_format_counts(every)}; skipped {report.n_skipped})",
+            "empty",
+        )  # fmt: skip
     report.truncated = collections.Counter({k: n for k, n in report.truncated.items() if n})
     report.n_kept = len(records)
-    if report_fn is not None and (report.skipped or report.truncated):
+    if report_fn is not None and (report.skipped or report.truncated or report.split_counts
+                                  or report.warnings):  # fmt: skip
         report_fn(report.summary())
     return records, report
 
@@ -226,13 +385,15 @@ def read_sft(
       skip_invalid: skip bad lines (counted) instead of raising.
       max_post_words: truncate posts to this many words (counted); None: never.
       report_fn: where the end-of-read summary goes when anything was skipped or
-        truncated (stderr by default; None: nowhere, the report is still returned).
+        truncated, or a file has a ``split`` field (stderr by default; None: nowhere,
+        the report is still returned).
 
     Returns:
       (records, report); each record has the five string fields.
 
     Raises:
-      DataError: on the first bad line, unless `skip_invalid`.
+      DataError: on the first bad line, unless `skip_invalid`; for a file without
+        records (empty, blank, or every line skipped).
     """
 
     def parse(obj, path, line):
@@ -284,7 +445,10 @@ def read_comparisons(
     Args:
       spec: file, directory, glob, or list of them.
       splits: keep only lines whose ``split`` is one of these (e.g. ``("valid2",)``);
-        None keeps all. Filtered lines are neither errors nor counted.
+        None keeps all. Lines of other known splits are filtered (not counted as
+        lines); lines with an unknown ``split`` value (one not in
+        `KNOWN_COMPARISON_SPLITS` nor in `splits`) or none are an error, or with
+        `skip_invalid` skipped and reported (see the module docstring).
       skip_invalid, max_post_words, report_fn: as in `read_sft`.
 
     Returns:
@@ -294,14 +458,13 @@ def read_comparisons(
       ``split``, ``confidence`` (int, -1 if absent).
 
     Raises:
-      DataError: on the first bad line, unless `skip_invalid`.
+      DataError: on the first bad line, unless `skip_invalid`; for a file without
+        records; when no line of `splits` is left.
     """
-    keep = None if splits is None else set(splits)
+    keep = None if splits is None else frozenset(splits)
 
     def parse(obj, path, line):
         split = obj.get("split", "")
-        if keep is not None and split not in keep:
-            return None, None, None
         info = _get(obj, "info", path, line)
         if not isinstance(info, dict):
             raise DataError(path, line, "field 'info' must be an object", "missing field")
@@ -342,4 +505,5 @@ def read_comparisons(
         return rec, key, f"comparison of post id {rec['id']!r} (same summaries and worker)"
 
     return _read(spec, parse, skip_invalid=skip_invalid, max_post_words=max_post_words,
-                 report_fn=report_fn)  # fmt: skip
+                 report_fn=report_fn, keep_splits=keep,
+                 known_splits=KNOWN_COMPARISON_SPLITS)  # fmt: skip
