@@ -18,9 +18,9 @@ Samples/s counts the policy's samples y (= prompts per batch; one y' each).
 
 Rows:
 
-* tiny / t5_1_1-small enc-dec (ours): the four phases of `nlhf_jax.run_policy`
-  (`sample_phase`, the judge, `reference_phase`, `steps.policy_update_step`), jitted
-  with the same shardings and timed at the same host boundaries as its loop.
+* tiny / t5_1_1-small enc-dec (ours): one step of the training loop itself,
+  `online.step_fn` (the callback `run_policy` gives `trainer.run_loop`): its four
+  jitted phases and their shardings, timed at its host boundaries (`time/*_s`).
 * decoder-only (ours): `models.t5.DecoderOnly` with the small model's decoder dims.
   The prompt is prefilled through cached single-token steps (our decode mode consumes
   one token per call), then one jitted loop carries the policy cache for the y and
@@ -66,6 +66,8 @@ import time
 
 import numpy as np
 
+import benchlib
+
 PHASES = ("sample", "score", "reference", "update")
 JUDGE_DIMS = dict(d_model=64, num_heads=2, d_kv=32, d_ff=128, num_layers=1)
 # Token ids: 0 padding, 1 EOS (as in T5); prompts use ids >= 3 (2 is TRL's <unk>).
@@ -75,11 +77,7 @@ PAD_ID, EOS_ID, FIRST_WORD = 0, 1, 3
 def _parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # The "small" model: google/t5-v1_1-small dims (decoder-only uses its decoder stack).
-    p.add_argument("--d_model", type=int, default=512)
-    p.add_argument("--d_ff", type=int, default=1024)
-    p.add_argument("--num_heads", type=int, default=6)
-    p.add_argument("--d_kv", type=int, default=64)
-    p.add_argument("--num_layers", type=int, default=8, help="encoder = decoder = decoder-only layers")
+    benchlib.add_t5_small_args(p)
     p.add_argument("--vocab_size", type=int, default=32128)
     p.add_argument("--batch", type=int, default=8, help="prompts per iteration")
     p.add_argument("--prompt_len", type=int, default=64)
@@ -96,21 +94,6 @@ def _parse_args(argv=None) -> argparse.Namespace:
                    help="python with trl==1.13.0, torch and transformers (runs the TRL side)")
     p.add_argument("--trl_worker", default=None, help=argparse.SUPPRESS)  # internal
     return p.parse_args(argv)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _prompts(args) -> np.ndarray:
@@ -385,32 +368,28 @@ def _optimizer(args):
 
 
 def _encdec_iteration(args, config, prompts):
-    """One `run_policy` loop iteration (nash_md) as a callable returning phase seconds."""
+    """One Nash-MD-PG step of the training loop (`online.step_fn`, the callback
+    `run_policy` hands to `trainer.run_loop`) as a callable returning phase seconds."""
     import dataclasses
-    import functools
 
     import flax.linen as nn
     import jax
-    import jax.numpy as jnp
 
     from nlhf_jax import decoding
+    from nlhf_jax import online
     from nlhf_jax import partitioning
-    from nlhf_jax import run_policy
-    from nlhf_jax import steps
     from nlhf_jax import trainer
     from nlhf_jax.models import t5
 
     @dataclasses.dataclass(frozen=True)
-    class FixedLength(run_policy.NashMDConfig):
+    class FixedLength(online.NashMDConfig):
         """eos_id -1 never matches: every row generates exactly max_decode_len tokens."""
 
         def sampling(self) -> decoding.SamplingConfig:
             return dataclasses.replace(super().sampling(), eos_id=-1)
 
     nashmd = FixedLength(algorithm="nash_md", beta=args.mixture_coef, tau=args.tau,
-                         max_decode_len=args.new_tokens)
-    scfg = nashmd.sampling()
-
+                         max_decode_len=args.new_tokens, log_samples_every=0)
     network = t5.EncoderDecoder(config)
     mesh_ = partitioning.make_mesh(partitioning.MeshConfig())
     rules = partitioning.default_rules()
@@ -420,61 +399,30 @@ def _encdec_iteration(args, config, prompts):
     state, shardings, _ = trainer.init_train_state(init, tx, mesh_, rules, jax.random.key(0))
     ref_params = jax.jit(lambda p: jax.tree_util.tree_map(lambda x: x * 1.0, p),
                          out_shardings=shardings.params)(state.params)
-    frozen = {"reference": ref_params}
     judge_params, judge = _judge(config.vocab_size)
-
-    step_cfg = steps.PolicyStepConfig(temperature=scfg.temperature, forbid_pad=scfg.forbid_pad, baseline=0.5)
-    rep = partitioning.replicated(mesh_)
-    bsh = lambda nd: partitioning.batch_sharding(mesh_, nd)  # noqa: E731
-    rollout_sh = run_policy.Rollout(bsh(2), bsh(2), bsh(1), bsh(2), bsh(1), bsh(1))
-    jit_sample = jax.jit(functools.partial(run_policy.sample_phase, model=network, cfg=nashmd),
-                         in_shardings=(shardings.params, {"reference": shardings.params}, bsh(2), rep, rep),
-                         out_shardings=rollout_sh)
-    jit_ref = jax.jit(functools.partial(run_policy.reference_phase, model=network, cfg=nashmd),
-                      in_shardings=(shardings.params, bsh(2), bsh(2), bsh(1)), out_shardings=bsh(2))
-    update = functools.partial(steps.policy_update_step, model=network, tx=tx, cfg=step_cfg,
-                               learning_rate_fn=opt.schedule.build())
-    batch_example = {"prompts": np.zeros((1, 1), np.int32), "tokens": np.zeros((1, 1), np.int32),
-                     "lengths": np.zeros((1,), np.int32), "reward": np.zeros((1,), np.float32),
-                     "reference_logps": np.zeros((1, 1), np.float32), "tau": np.zeros((1,), np.float32),
-                     "example_weights": np.zeros((1,), np.float32)}
-    jit_update = trainer.jit_step(update, shardings, batch_example, mesh_)
     n_rows = prompts.shape[0]
-    holder = {"state": state, "step": 0}
-    base_rng = jax.random.key(0)
 
-    def iteration():
-        step = holder["step"]
-        with jax.set_mesh(mesh_), nn.logical_axis_rules(rules):
-            c0, t0 = time.process_time(), time.perf_counter()
-            rng = jax.random.fold_in(base_rng, step)
-            prompt_ids = partitioning.host_local_batch_to_global({"p": prompts}, mesh_)["p"]
-            roll = jit_sample(holder["state"].params, frozen, prompt_ids, jax.random.fold_in(rng, 0),
-                              jnp.float32(args.mixture_coef))
-            roll = jax.device_get(roll)
-            t1 = time.perf_counter()
-            pref = np.asarray(jax.device_get(judge(judge_params, roll.prompts, roll.tokens, roll.alt_tokens)),
-                              np.float32)
-            reward = pref.copy()
-            t2 = time.perf_counter()
-            ref_lp = jit_ref(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
-            batch = partitioning.host_local_batch_to_global({
-                "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
-                "lengths": np.asarray(roll.lengths), "reward": reward,
-                "reference_logps": np.asarray(jax.device_get(ref_lp)),
-                "tau": np.full((n_rows,), args.tau, np.float32),
-                "example_weights": np.ones((n_rows,), np.float32),
-            }, mesh_)
-            t3 = time.perf_counter()
-            holder["state"], metrics = jit_update(holder["state"], batch, rng)
-            metrics = jax.device_get(metrics)
-            t4, c4 = time.perf_counter(), time.process_time()
-        holder["step"] = step + 1
+    def score(roll, _texts):  # the same token-level judge as TRL's side: no text decoded
         assert roll.tokens.shape == roll.alt_tokens.shape == (n_rows, args.new_tokens)
         assert np.all(roll.lengths == args.new_tokens) and np.all(roll.alt_lengths == args.new_tokens)
+        pref = np.asarray(jax.device_get(judge(judge_params, roll.prompts, roll.tokens, roll.alt_tokens)),
+                          np.float32)
+        return pref.copy(), pref, None
+
+    phases = online.make_phases(network, tx, opt.schedule.build(), nashmd, shardings, mesh_)
+    step_fn = online.step_fn(phases, {"reference": ref_params}, nashmd, seed=0,
+                             prompts_fn=lambda step: (prompts, None), score_fn=score)
+    holder = {"state": state, "step": 0}
+
+    def iteration():
+        with jax.set_mesh(mesh_), nn.logical_axis_rules(rules):
+            c0 = time.process_time()
+            holder["state"], metrics, _ = step_fn(holder["state"], holder["step"])
+            c4 = time.process_time()
+        holder["step"] += 1
         assert np.isfinite(metrics["policy/loss"])
-        return {"sample": t1 - t0, "score": t2 - t1, "reference": t3 - t2, "update": t4 - t3,
-                "total": t4 - t0, "cpu": c4 - c0}
+        phases_s = {k: metrics[f"time/{k}_s"] for k in ("sample", "score", "reference", "update")}
+        return {**phases_s, "total": sum(phases_s.values()), "cpu": c4 - c0}
 
     return iteration
 
@@ -618,7 +566,7 @@ def main(argv=None) -> None:
     unknown = set(rows) - {"tiny", "small", "decoder", "trl"}
     if unknown:
         raise SystemExit(f"--rows: unknown {sorted(unknown)}")
-    load_start, wall_start = _load(), time.perf_counter()
+    load_start, wall_start = benchlib.load(), time.perf_counter()
     prompts = _prompts(args)
 
     trl_side = None
@@ -692,10 +640,10 @@ def main(argv=None) -> None:
     finally:
         if trl_side is not None:
             trl_side.close()
-    load_end = _load()
+    load_end = benchlib.load()
 
     print("## Nash-MD-PG iteration throughput: nlhf_jax (JAX) vs TRL (PyTorch)\n")
-    print(f"- CPU: {_cpu_model()}; cores: {os.cpu_count()}; load average at start: {load_start}; "
+    print(f"- CPU: {benchlib.cpu_model()}; cores: {os.cpu_count()}; load average at start: {load_start}; "
           f"at end: {load_end}")
     print(f"- jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s)); "
           f"python {platform.python_version()}; this process: torch {torch.__version__}, "

@@ -39,15 +39,13 @@ from nlhf_jax import models
 from nlhf_jax import testing
 from nlhf_jax.checkpoints import hf
 
+import benchlib  # bench/benchlib.py
+
 
 def _parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     # Defaults: google/t5-v1_1-small.
-    p.add_argument("--d_model", type=int, default=512)
-    p.add_argument("--d_ff", type=int, default=1024)
-    p.add_argument("--num_heads", type=int, default=6)
-    p.add_argument("--d_kv", type=int, default=64)
-    p.add_argument("--num_layers", type=int, default=8)
+    benchlib.add_t5_small_args(p)
     p.add_argument("--num_decoder_layers", type=int, default=8)
     p.add_argument("--vocab_size", type=int, default=32128)
     p.add_argument("--feed_forward_proj", default="gated-gelu", choices=["gated-gelu", "relu"])
@@ -75,17 +73,6 @@ def _median_seconds(fns, warmup: int, iters: int) -> list[float]:
             fn()
             fn_times.append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _build_models(args, directory):
@@ -205,8 +192,8 @@ def main(argv=None) -> None:
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
     print("## T5 throughput: nlhf_jax (JAX) vs transformers (PyTorch)\n")
-    print(f"- CPU: {_cpu_model()}; cores: {os.cpu_count()}; load average at start: "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"- CPU: {benchlib.cpu_model()}; cores: {os.cpu_count()}; load average at start: "
+          f"{benchlib.load()}")
     print(f"- jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s)); "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"transformers {transformers.__version__}; python {platform.python_version()}")
@@ -243,7 +230,7 @@ def main(argv=None) -> None:
           f"sampling {sample_jax:.3f} vs {sample_torch:.3f}")
     print(f"first-step loss on identical weights: {loss_jax:.6f} (ours) vs "
           f"{loss_torch:.6f} (torch)")
-    print(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at end: {benchlib.load()}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from its own checkpoints. On a CPU-only machine with two or more cores, the stag
 SFT run two at a time (`--jobs`), each pinned to half of the cores and logging to its
 own `stage.log`: the PM beside the RM, then RLHF, then the other policies in pairs.
 
-Presets: `quick` (default; under 20 minutes on 2 CPU cores, see the README) and `paper` (the
-paper's grid of beta and two EMA decays, 300 steps each, on the quick preset's SFT, PM
-and RM).
+Presets: `quick` (default; under 20 minutes on 2 CPU cores, see docs/results-world.md)
+and `paper` (the paper's grid of beta and two EMA decays, 300 steps each, on the quick
+preset's SFT, PM and RM). Their step counts and batch sizes are gin files in
+configs/demo/, applied on top of each stage's configs/experiments/ file.
 """
 
 import argparse
@@ -32,60 +33,61 @@ import sys
 import time
 from typing import Optional
 
-# name -> extra gin bindings per stage. Model sizes and step counts are the only
-# differences between presets; algorithms and their hyper-parameters are the gin files'.
-_TINY_MODEL = [
-    "t5.T5Config.emb_dim = 64", "t5.T5Config.num_heads = 4", "t5.T5Config.head_dim = 16",
-    "t5.T5Config.mlp_dim = 128",
-]
-# SFT: 6,000 steps, world_sft.gin's default. With 5,000 (and 200 policy steps) the demo
-# took 18.4 minutes, but the PM started from that SFT reached only 0.690 test accuracy
-# (0.769 from the 6,000-step SFT) and RLHF lost to SFT (0.451).
-_QUICK_SFT = _TINY_MODEL + ["NUM_STEPS = 6000", "BATCH_SIZE = 32", "LEARNING_RATE = 3e-3",
-                            "train/arrays.world_sft.input_len = 80",
-                            "eval/arrays.world_sft.input_len = 80",
-                            "trainer.LoopConfig.eval_every = 0"]
-# The PM and RM read exactly the comparisons they train on (one pass, batch 32 from the
-# gin files): reading and encoding all 90,000 would cost time for pairs never used.
-# The PM keeps world_pm.gin's cosine decay (over its 1,000 steps): with a constant rate
-# its test accuracy at step 1,000 varied from 0.72 to 0.76 between runs; decayed, 0.77.
-_QUICK_PM = ["NUM_STEPS = 1000", f"pairwise.world_data.max_train_examples = {1000 * 32}"]
-_QUICK_RM = ["NUM_STEPS = 1000", f"pairwise.world_data.max_train_examples = {1000 * 32}"]
-# tau is each gin file's: 0.008 for the NLHF runs and 0.05 for RLHF, the paper's values.
-_POLICY = ["BATCH_SIZE = 32", "LEARNING_RATE = 3e-4", "arrays.world_prompts.input_len = 80"]
+from nlhf_jax import gin_setup
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """What a preset trains. Step counts, batch sizes and learning rates live in its gin
+    files (configs/demo/); the algorithms and their hyper-parameters in the experiments'.
+
+    Attributes:
+      policy_gin: the overlay of every policy stage (configs/demo/<preset>_policy.gin).
+      policies: (stage name, experiment `world_<algorithm>.gin`, extra bindings).
+      eval_prompts: held-out prompts of the P* matrix.
+      ptau_prompts: the first N of them for P_tau (None: all).
+    """
+
+    policy_gin: str
+    policies: tuple
+    eval_prompts: int = 1000
+    ptau_prompts: Optional[int] = None
+
+
 PRESETS = {
-    "quick": {
-        "sft": _QUICK_SFT,
-        "pm": _QUICK_PM,
-        "rm": _QUICK_RM,
-        # 200 steps (120 before), as many as the 20 minutes leave after the 6,000-step
-        # SFT. Chosen on this demo's own evaluation (1,000 prompts): at 150 steps RLHF
-        # (0.526) and Nash-EMA-PG (0.528) did not beat SFT with the lower bound above
-        # 0.5; at 200 every policy did.
-        "policy": _POLICY + ["NUM_STEPS = 200"],
-        "policies": [("rlhf", "rlhf", []), ("self_play", "self_play", []),
-                     ("nash_md", "nash_md", []), ("best_response", "best_response", []),
-                     ("nash_ema", "nash_ema", ["BETA = 0.9"])],
-        # 1,000 prompts for P* (95% intervals about +-0.03); P_tau, which runs the PM on
-        # every pair of policies, on the first 250.
-        "eval_prompts": 1000,
-        "ptau_prompts": 250,
-    },
-    # The paper's grid of policies on the quick preset's SFT, PM and RM (the same
-    # bindings, so a finished quick demo's world/sft/pm/rm directories can be copied in).
-    "paper": {
-        "sft": _QUICK_SFT,
-        "pm": _QUICK_PM,
-        "rm": _QUICK_RM,
-        "policy": _POLICY + ["NUM_STEPS = 300"],
-        "policies": [("rlhf", "rlhf", [])]
-        + [(f"nash_md_{b:g}", "nash_md", [f"BETA = {b}"])
-           for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0)]
-        + [("nash_ema_0.999", "nash_ema", ["BETA = 0.999"]),
-           ("nash_ema_0.9995", "nash_ema", ["BETA = 0.9995"])],
-        "eval_prompts": 1000,
-    },
+    # 1,000 prompts for P* (95% intervals about +-0.03); P_tau, which runs the PM on
+    # every pair of policies, on the first 250.
+    "quick": Preset(
+        policy_gin="configs/demo/quick_policy.gin",
+        policies=(("rlhf", "rlhf", ()), ("self_play", "self_play", ()), ("nash_md", "nash_md", ()),
+                  ("best_response", "best_response", ()), ("nash_ema", "nash_ema", ("BETA = 0.9",))),
+        ptau_prompts=250),
+    # The paper's grid of policies on the quick preset's SFT, PM and RM (the same gin
+    # files, so a finished quick demo's world/sft/pm/rm directories can be copied in).
+    "paper": Preset(
+        policy_gin="configs/demo/paper_policy.gin",
+        policies=(("rlhf", "rlhf", ()),)
+        + tuple((f"nash_md_{b:g}", "nash_md", (f"BETA = {b}",))
+                for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0))
+        + (("nash_ema_0.999", "nash_ema", ("BETA = 0.999",)),
+           ("nash_ema_0.9995", "nash_ema", ("BETA = 0.9995",)))),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training stage: an `nlhf train` run in `<out>/<name>`.
+
+    Attributes:
+      name: the stage and its directory.
+      gin_files: relative to the repository, applied in order (experiment, then overlay).
+      bindings: this run's inputs (directories, world seed) and per-policy values.
+      needs: the stages whose output it reads (they must finish first).
+    """
+
+    name: str
+    gin_files: tuple
+    bindings: tuple
+    needs: tuple
 
 
 def _banner(text: str) -> None:
@@ -109,21 +111,22 @@ def _read_done(path: str) -> Optional[float]:
         return json.load(f).get("seconds", 0.0)
 
 
-def _train_args(gin_file: str, model_dir: str, bindings: list, repo: str) -> list:
+def _train_args(stage: Stage, model_dir: str, repo: str, extra: tuple = ()) -> list:
     """`nlhf train` arguments of one stage; prints the equivalent shell command."""
-    args = [f"--gin_file={os.path.join(repo, gin_file)}", f"--gin.MODEL_DIR='{model_dir}'"]
-    args += [f"--gin_bindings={b}" for b in bindings]
-    shown = " ".join([f"--gin_file={gin_file}", f"--gin.MODEL_DIR=\\\"{model_dir}\\\""]
-                     + [f"--gin_bindings='{b}'" for b in bindings])
+    bindings = list(stage.bindings) + list(extra)
+    args = [f"--gin_file={os.path.join(repo, g)}" for g in stage.gin_files]
+    args += [f"--gin.MODEL_DIR='{model_dir}'"] + [f"--gin_bindings={b}" for b in bindings]
+    shown = " ".join([f"--gin_file={g}" for g in stage.gin_files]
+                     + [f"--gin.MODEL_DIR=\\\"{model_dir}\\\""] + [f"--gin_bindings='{b}'" for b in bindings])
     print(f"+ nlhf train {shown}", flush=True)
     return args
 
 
-def _train(gin_file: str, model_dir: str, bindings: list, repo: str) -> float:
+def _train(stage: Stage, model_dir: str, repo: str) -> float:
     """Runs one `nlhf train` stage in this process; returns its wall time."""
     from nlhf_jax import run_train
 
-    args = _train_args(gin_file, model_dir, bindings, repo)
+    args = _train_args(stage, model_dir, repo)
     t = time.time()
     rc, result = run_train.run_cli(args)
     if rc:
@@ -179,24 +182,6 @@ class StageError(SystemExit):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
         self.stage = stage
-
-
-def stage_dependencies(plan: list) -> dict[str, list[str]]:
-    """name -> the stages it reads, for the stages of `stage_plan`.
-
-    SFT reads only the world; the PM and the RM start from the SFT checkpoint; each
-    policy reads the SFT (its initialisation and reference) and its judge.
-    """
-    deps: dict[str, list[str]] = {}
-    for name, _, bindings in plan:
-        if name == "sft":
-            deps[name] = []
-        elif name in ("pm", "rm"):
-            deps[name] = ["sft"]
-        else:
-            judge = next(b for b in bindings if b.startswith("JUDGE_DIR"))
-            deps[name] = ["sft", os.path.basename(judge.split("'")[1].rstrip("/"))]
-    return deps
 
 
 def cpu_groups(jobs: int, cpus: Optional[list] = None) -> list[list[int]]:
@@ -287,7 +272,7 @@ def _run_parallel(plan: list, out: str, repo: str, jobs: int, timings: dict) -> 
     """The stages of `plan` as child processes, `jobs` at a time (see `run_stages`)."""
     import subprocess
 
-    by_name = {name: (gin_file, bindings) for name, gin_file, bindings in plan}
+    by_name = {stage.name: stage for stage in plan}
     groups = cpu_groups(jobs)
     jobs = len(groups)
     logs: dict = {}
@@ -301,13 +286,12 @@ def _run_parallel(plan: list, out: str, repo: str, jobs: int, timings: dict) -> 
         return seconds is not None
 
     def launch(name, slot):
-        gin_file, bindings = by_name[name]
         path = os.path.join(out, name)
         os.makedirs(path, exist_ok=True)
         log = os.path.join(path, "stage.log")
         cores = groups[slot]
         print(f"[start] {name} on CPUs {cores or 'any'} (log: {log})", flush=True)
-        args = _train_args(gin_file, path, bindings + ["trainer.LoopConfig.progress = False"], repo)
+        args = _train_args(by_name[name], path, repo, ("trainer.LoopConfig.progress = False",))
         logs[name] = open(log, "a")
         code = "import sys; from nlhf_jax import demo; sys.exit(demo._stage_main(sys.argv[1:]))"
         return subprocess.Popen(
@@ -319,10 +303,9 @@ def _run_parallel(plan: list, out: str, repo: str, jobs: int, timings: dict) -> 
         _mark_done(os.path.join(out, name), seconds)
         print(f"[done] {name} in {seconds:.0f} s", flush=True)
 
-    names = [name for name, _, _ in plan]
-    deps = stage_dependencies([("sft", "", [])] + plan)
     try:
-        run_stages(names, deps, is_done, launch, jobs, on_finish)
+        run_stages([stage.name for stage in plan], {stage.name: list(stage.needs) for stage in plan},
+                   is_done, launch, jobs, on_finish)
     except StageError as e:
         log = os.path.join(out, e.stage, "stage.log")
         logs[e.stage].flush()
@@ -339,37 +322,36 @@ def stage_plan(preset_name: str, out: str, world_seed: int = 0) -> tuple[list, l
     """The training stages of a preset, in order, and the policy names to evaluate.
 
     Returns:
-      ([(stage name, gin file relative to the repository, gin bindings)], names): the
-      world stage is not included; names are "sft", each policy, and "<ema run>*" for the
-      averaged policy of each Nash-EMA-PG run.
+      ([Stage], names): the world stage is not included; names are "sft", each policy,
+      and "<ema run>*" for the averaged policy of each Nash-EMA-PG run.
     """
     preset = PRESETS[preset_name]
     world_dir = os.path.join(out, "world")
     sft_dir = os.path.join(out, "sft")
-    seed_bindings = [f"WORLD_SEED = {world_seed}"]
-    plan = [("sft", "configs/experiments/world_sft.gin",
-             preset["sft"] + seed_bindings + [f"arrays.world_sft.data_dir = '{world_dir}'"])]
+    seed = (f"WORLD_SEED = {world_seed}",)
+    plan = [Stage("sft", ("configs/experiments/world_sft.gin", "configs/demo/sft.gin"),
+                  seed + (f"arrays.world_sft.data_dir = '{world_dir}'",), ())]
     # PM and RM start from the SFT policy (same dimensions), as the paper's do from
     # pretrained T5: the SFT encoder already reads posts and its decoder summaries.
-    pm_common = [f"pairwise.world_data.data_dir = '{world_dir}'",
-                 f"INITIAL_CHECKPOINT = '{sft_dir}'"]
-    plan.append(("pm", "configs/experiments/world_pm.gin", preset["pm"] + pm_common))
-    plan.append(("rm", "configs/experiments/world_rm.gin", preset["rm"] + pm_common))
-    policy_common = preset["policy"] + seed_bindings + [
-        f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
-        f"vocab.world_vocabulary.data_dir = '{world_dir}'"]
+    judge_inputs = (f"pairwise.world_data.data_dir = '{world_dir}'", f"INITIAL_CHECKPOINT = '{sft_dir}'")
+    for judge in ("pm", "rm"):
+        plan.append(Stage(judge, (f"configs/experiments/world_{judge}.gin", f"configs/demo/{judge}.gin"),
+                          judge_inputs, ("sft",)))
+    policy_inputs = seed + (f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
+                            f"vocab.world_vocabulary.data_dir = '{world_dir}'")
     names = ["sft"]
-    for name, gin_name, extra in preset["policies"]:
-        judge_dir = os.path.join(out, "rm" if gin_name == "rlhf" else "pm")
-        plan.append((name, f"configs/experiments/world_{gin_name}.gin",
-                     policy_common + extra + [f"JUDGE_DIR = '{judge_dir}'"]))
+    for name, algorithm, extra in preset.policies:
+        judge = "rm" if algorithm == "rlhf" else "pm"
+        plan.append(Stage(name, (f"configs/experiments/world_{algorithm}.gin", preset.policy_gin),
+                          policy_inputs + tuple(extra) + (f"JUDGE_DIR = '{os.path.join(out, judge)}'",),
+                          ("sft", judge)))
         names.append(name)
-        if gin_name == "nash_ema":
+        if algorithm == "nash_ema":
             names.append(name + "*")
     return plan, names
 
 
-def main(argv) -> int:
+def _parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nlhf demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output directory")
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
@@ -387,15 +369,18 @@ def main(argv) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 0:
         parser.error(f"--jobs must be >= 0, got {args.jobs}")
+    return args
+
+
+def main(argv) -> int:
+    args = _parse_args(argv)
     preset = PRESETS[args.preset]
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     cache_dir = os.path.join(out, "jax_cache") if args.compile_cache is None else args.compile_cache
     if cache_dir:
         _enable_compile_cache(os.path.abspath(cache_dir))
-    from nlhf_jax import run_train
-
-    repo = run_train.REPO_ROOT
+    repo = gin_setup.REPO_ROOT
     timings: dict[str, float] = {}
     t_start = time.time()
 
@@ -430,22 +415,21 @@ def main(argv) -> int:
     plan, names = stage_plan(args.preset, out, args.world_seed)
     jobs = args.jobs or _auto_jobs()
     if jobs == 1 or args.stop_after:
-        for name, gin_file, bindings in plan:
-            stage(name, lambda p, g=gin_file, b=bindings: _train(g, p, b, repo))
+        for st in plan:
+            stage(st.name, lambda p, st=st: _train(st, p, repo))
     else:
         # SFT alone with every core (everything else reads it), then the rest side by
         # side, each pinned to its own CPU group: on 2 cores one process per core does
         # 1.4x the work of one process on both (8.9 vs 12.4 SFT steps/s measured).
-        sft = plan[0]
-        stage("sft", lambda p: _train(sft[1], p, sft[2], repo))
+        stage("sft", lambda p: _train(plan[0], p, repo))
         _run_parallel(plan[1:], out, repo, jobs, timings)
 
     def evaluate(path):
-        from nlhf_jax import report
+        from nlhf_jax.evaluation import report
 
-        report.write_demo_report(out, path, names, world_dir, preset["eval_prompts"],
+        report.write_demo_report(out, path, names, world_dir, preset.eval_prompts,
                                  tau=0.008, timings=timings, preset=args.preset,
-                                 ptau_prompts=preset.get("ptau_prompts"))
+                                 ptau_prompts=preset.ptau_prompts)
 
     stage("evaluate", evaluate)
     total = time.time() - t_start

@@ -25,6 +25,7 @@ depends on its sampling distribution; a preference model, ideally, does not).
 
 import functools
 import json
+import os
 import re
 from typing import Any, Optional, Protocol, Sequence
 
@@ -34,14 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from nlhf_jax import partitioning
+from nlhf_jax import preference_math
 from nlhf_jax import types
+from nlhf_jax.data import arrays
 from nlhf_jax.data import pairwise
 from nlhf_jax.data import templates
 from nlhf_jax.models import preference
 from nlhf_jax.models import t5
 
 PyTree = types.PyTree
-IdRows = Any  # int array [B, L] or a list of id lists; EOS ends a row, 0 pads
+IdRows = arrays.IdRows
 
 
 class Judge(Protocol):
@@ -66,26 +69,33 @@ def post_from_prompt(prompt: str) -> str:
 
 
 class WorldJudge:
-    """The embedded world's ground-truth rater population P* (`raters.Judge`).
+    """The embedded world's ground-truth rater population P* (a `raters.RaterPanel`).
 
     Prompts are mapped back to their post (the raters read the post body, not the
     subreddit and title); posts may also be given as world post ids.
     """
 
-    def __init__(self, data_dir: Optional[str] = None, rater=None):
-        from nlhf_jax.data.world import raters
+    def __init__(self, data_dir: Optional[str] = None, raters=None):
+        from nlhf_jax.data.world import raters as raters_lib
 
-        if rater is None:
-            rater = raters.Judge.for_world(data_dir) if data_dir else raters.Judge()
-        self.rater = rater
+        if raters is None:
+            raters = raters_lib.RaterPanel.for_world(data_dir) if data_dir else raters_lib.RaterPanel()
+        self.raters = raters
 
     def prob(self, prompts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str]) -> np.ndarray:
         posts = [post_from_prompt(p) for p in prompts]
-        return np.asarray(self.rater.preference(posts, list(ys), list(ys_alt)), np.float64)
+        return np.asarray(self.raters.prob(posts, list(ys), list(ys_alt)), np.float64)
 
     def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
-        texts = [pairwise.decode_rows(vocabulary, r) for r in (prompt_ids, y_ids, y_alt_ids)]
-        return self.prob(*texts)
+        return self.prob(*_decode(vocabulary, prompt_ids, y_ids, y_alt_ids))
+
+
+def _decode(vocabulary: Any, *rows: IdRows) -> list[list[str]]:
+    """Texts of each batch of id rows of the policy's `vocabulary`: a seqio vocabulary,
+    a `pairwise.Tokenizer`, or a SentencePiece model (path or serialized bytes)."""
+    if isinstance(vocabulary, (bytes, str, os.PathLike)):
+        vocabulary = pairwise.Tokenizer(vocabulary)
+    return [arrays.decode_tokens(vocabulary, r) for r in rows]
 
 
 class _ModelJudge:
@@ -174,7 +184,7 @@ class PreferenceModelJudge(_ModelJudge):
     def scores_from_inputs(self, inputs: np.ndarray, inputs_swapped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(f(x, y, y'), f(x, y', y)) as float64 [B] each, from encoded inputs."""
         z, z_swapped = self.pair_logits(inputs, inputs_swapped)
-        return preference.sigmoid(z), preference.sigmoid(z_swapped)
+        return preference_math.sigmoid(z), preference_math.sigmoid(z_swapped)
 
     def scores(self, prompts, ys, ys_alt) -> tuple[np.ndarray, np.ndarray]:
         """(f(x, y, y'), f(x, y', y)) as float64 [B] each, from texts."""
@@ -184,15 +194,14 @@ class PreferenceModelJudge(_ModelJudge):
 
     def combine(self, f: np.ndarray, f_swapped: np.ndarray) -> np.ndarray:
         """What `prob` returns given both orders' scores."""
-        return preference.both_orders(f, f_swapped) if self.both_orders else f
+        return preference_math.both_orders(f, f_swapped) if self.both_orders else f
 
     def prob(self, prompts, ys, ys_alt) -> np.ndarray:
         return self.combine(*self.scores(prompts, ys, ys_alt))
 
     def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
         if not self._same_vocab(vocabulary):
-            texts = [pairwise.decode_rows(vocabulary, r) for r in (prompt_ids, y_ids, y_alt_ids)]
-            return self.prob(*texts)
+            return self.prob(*_decode(vocabulary, prompt_ids, y_ids, y_alt_ids))
         enc = self.encoder
         return self.combine(*self.scores_from_inputs(
             enc.encode_ids(prompt_ids, y_ids, y_alt_ids), enc.encode_ids(prompt_ids, y_alt_ids, y_ids)
@@ -213,7 +222,7 @@ class RewardModelJudge(_ModelJudge):
 
     def prob_from_inputs(self, inputs: np.ndarray, inputs_alt: np.ndarray) -> np.ndarray:
         """sigmoid(r(x, y) - r(x, y')) from encoded inputs (x, y) and (x, y'), [B, K] each."""
-        return preference.bradley_terry(*self.pair_logits(inputs, inputs_alt))
+        return preference_math.bradley_terry(*self.pair_logits(inputs, inputs_alt))
 
     def prob(self, prompts, ys, ys_alt) -> np.ndarray:
         enc = self.encoder
@@ -221,8 +230,7 @@ class RewardModelJudge(_ModelJudge):
 
     def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
         if not self._same_vocab(vocabulary):
-            texts = [pairwise.decode_rows(vocabulary, r) for r in (prompt_ids, y_ids, y_alt_ids)]
-            return self.prob(*texts)
+            return self.prob(*_decode(vocabulary, prompt_ids, y_ids, y_alt_ids))
         enc = self.encoder
         return self.prob_from_inputs(enc.encode_ids(prompt_ids, y_ids), enc.encode_ids(prompt_ids, y_alt_ids))
 
@@ -279,7 +287,7 @@ def _clip(p: np.ndarray) -> np.ndarray:
 
 def _agreement(p: np.ndarray, target: np.ndarray) -> float:
     """Mean expected agreement of the decision p > 1/2 with target probabilities."""
-    return float(np.mean(np.where(p > 0.5, target, np.where(p < 0.5, 1.0 - target, 0.5))))
+    return float(np.mean(preference_math.decision_agreement(p, target)))
 
 
 def expected_calibration_error(p: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
@@ -326,16 +334,14 @@ def preference_metrics(
     out: dict[str, float] = {"prob_mean": float(p.mean())}
     if labels is not None:
         labels = np.asarray(labels, np.float64)
-        out["loss"] = float(-np.mean(labels * np.log(pc) + (1 - labels) * np.log(1 - pc)))
+        out["loss"] = preference_math.cross_entropy(labels, pc)
         out["accuracy"] = _agreement(p, labels)
         out["ece"] = expected_calibration_error(p, labels)
     if p_star is not None:
         ps = np.asarray(p_star, np.float64)
-        bayes = np.where(ps > 0.5, 1.0, np.where(ps < 0.5, 0.0, 0.5))
-        psc = _clip(ps)
-        out["bayes_agreement"] = _agreement(p, bayes)
-        out["pstar_logloss"] = float(-np.mean(ps * np.log(pc) + (1 - ps) * np.log(1 - pc)))
-        out["pstar_entropy"] = float(-np.mean(ps * np.log(psc) + (1 - ps) * np.log(1 - psc)))
+        out["bayes_agreement"] = _agreement(p, preference_math.bayes_decision(ps))
+        out["pstar_logloss"] = preference_math.cross_entropy(ps, pc)
+        out["pstar_entropy"] = preference_math.cross_entropy(ps, _clip(ps))
         out["pstar_mae"] = float(np.mean(np.abs(p - ps)))
         # The accuracy to expect against labels drawn from P*, without their noise: a
         # 1,000-pair test split's label accuracy moves by about a point by chance.
@@ -421,7 +427,7 @@ def breakdown(p: np.ndarray, labels: np.ndarray, p_star: np.ndarray, kinds: Sequ
     """
     p, labels, p_star = (np.asarray(a, np.float64) for a in (p, labels, p_star))
     kinds = np.asarray(kinds)
-    bayes = np.where(p_star > 0.5, 1.0, np.where(p_star < 0.5, 0.0, 0.5))
+    bayes = preference_math.bayes_decision(p_star)
     out = []
     for kind in sorted(set(kinds.tolist())):
         sel = kinds == kind

@@ -2,7 +2,9 @@
 
 Every loss returns a *sum* and the *weight* it should be normalised by, so that
 gradient accumulation over microbatches reproduces the full-batch gradient exactly
-(sum the numerators and the weights, divide once at the end).
+(sum the numerators and the weights, divide once at the end). The per-row preference
+losses of the PM and RM (`logistic_loss`, `both_orders_loss`) are in
+`preference_math.py`, with the other preference formulas.
 """
 
 import jax

@@ -33,8 +33,10 @@ def normalise(logits: Array, forbid_pad: bool = True) -> Array:
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def normalised_step(step: decoding.TokensToLogits, forbid_pad: bool = True) -> decoding.TokensToLogits:
-    """Wraps a decode step so it returns normalised log-probs instead of logits."""
+def log_prob_step(step: decoding.TokensToLogits, forbid_pad: bool = True) -> decoding.TokensToLogits:
+    """Wraps a decode step so it returns normalised log-probs (`normalise`) instead of
+    logits: a sampling step, unrelated to the training step `steps.normalised_step`
+    (which normalises a loss by its weight)."""
 
     def fn(tokens, state):
         logits, state = step(tokens, state)
@@ -97,7 +99,7 @@ def sample(
       DecodeOutput: tokens/logprobs [B, L], lengths [B]; state dropped.
     """
     step, cache = _model_step(model, params, prompts, cfg.max_decode_len)
-    out = decoding.sample(normalised_step(step, cfg.forbid_pad), cache, rngs, cfg)
+    out = decoding.sample(log_prob_step(step, cfg.forbid_pad), cache, rngs, cfg)
     return out.replace(state=None)
 
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nlhf_jax import preference_math
 from nlhf_jax import steps
 from nlhf_jax import train_state as train_state_lib
 from nlhf_jax import types
@@ -65,62 +66,28 @@ class PreferenceStepConfig:
 
 
 # --------------------------------------------------------------------------- losses
-
-
-def logistic_loss(z: Array, labels: Array) -> Array:
-    """-[l log sigmoid(z) + (1 - l) log sigmoid(-z)], per row; float32 [B].
-
-    With z the PM's logit this is the paper's PM cross-entropy against the human
-    label, with no Bradley-Terry assumption (App. G.1); with z = r(y) - r(y') it is the
-    Bradley-Terry loss of the reward model (§3.3, spec §6.2). Soft labels in [0, 1]
-    are accepted. softplus keeps it finite for large |z|.
-    """
-    z = z.astype(jnp.float32)
-    labels = labels.astype(jnp.float32)
-    return labels * jax.nn.softplus(-z) + (1.0 - labels) * jax.nn.softplus(z)
-
-
-def both_orders_loss(z: Array, z_swapped: Array, labels: Array) -> tuple[Array, Array]:
-    """Cross-entropy of g = (sigmoid(z) + sigmoid(-z_swapped)) / 2 against the labels.
-
-    g is the both-orders judge of `models.preference.both_orders`; its logs are taken
-    in log space (log g = logaddexp(log sigmoid(z), log sigmoid(-z_swapped)) - log 2),
-    so saturated logits stay finite.
-
-    Returns:
-      (per-row loss float32 [B], the logit of g, float32 [B], for the metrics).
-    """
-    z, z_swapped = z.astype(jnp.float32), z_swapped.astype(jnp.float32)
-    labels = labels.astype(jnp.float32)
-    log_g = jnp.logaddexp(-jax.nn.softplus(-z), -jax.nn.softplus(z_swapped)) - jnp.log(2.0)
-    log_not_g = jnp.logaddexp(-jax.nn.softplus(z), -jax.nn.softplus(-z_swapped)) - jnp.log(2.0)
-    return -(labels * log_g + (1.0 - labels) * log_not_g), log_g - log_not_g
-
-
-def decision_agreement(z: Array, target: Array) -> Array:
-    """Expected agreement of the decision sign(z) with a target probability, per row.
-
-    [z > 0] * t + [z < 0] * (1 - t) + [z = 0] / 2: accuracy for hard labels t in
-    {0, 1}, expected accuracy for soft ones; with t = P* thresholded at 1/2 it is the
-    agreement with the Bayes decision.
-    """
-    t = target.astype(jnp.float32)
-    return jnp.where(z > 0, t, jnp.where(z < 0, 1.0 - t, 0.5))
+# The per-row losses and the decision metrics are `preference_math`'s, shared with
+# the judges and the tabular code.
 
 
 def _aux(z: Array, labels: Array, batch: Batch) -> dict[str, Array]:
     """Sums of the per-row metrics (normalised by `weight` in `normalised_step`)."""
     aux = {
         "weight": jnp.asarray(z.shape[0], jnp.float32),
-        "accuracy": jnp.sum(decision_agreement(z, labels)),
+        "accuracy": jnp.sum(_logit_agreement(z, labels)),
         "prob_mean": jnp.sum(jax.nn.sigmoid(z)),
     }
     if "p_star" in batch:
         p_star = batch["p_star"].astype(jnp.float32)
-        bayes = jnp.where(p_star > 0.5, 1.0, jnp.where(p_star < 0.5, 0.0, 0.5))
-        aux["bayes_agreement"] = jnp.sum(decision_agreement(z, bayes))
-        aux["pstar_logloss"] = jnp.sum(logistic_loss(z, p_star))
+        bayes = preference_math.bayes_decision(p_star, xp=jnp)
+        aux["bayes_agreement"] = jnp.sum(_logit_agreement(z, bayes))
+        aux["pstar_logloss"] = jnp.sum(preference_math.logistic_loss(z, p_star))
     return aux
+
+
+def _logit_agreement(z: Array, target: Array) -> Array:
+    """`preference_math.decision_agreement` of the decision z > 0 (z a logit), per row."""
+    return preference_math.decision_agreement(z, target.astype(jnp.float32), 0.0, xp=jnp)
 
 
 # ------------------------------------------------------------------ preference model
@@ -161,9 +128,10 @@ def pm_loss_fn(
         )
         n = labels.shape[0]
         z, z_swapped = z_both[:n], z_both[n:]
-        loss = 0.5 * (logistic_loss(z, labels) + logistic_loss(z_swapped, 1.0 - labels))
+        pm = preference_math
+        loss = 0.5 * (pm.logistic_loss(z, labels) + pm.logistic_loss(z_swapped, 1.0 - labels))
         if cfg.judge_loss_weight:
-            loss = loss + cfg.judge_loss_weight * both_orders_loss(z, z_swapped, labels)[0]
+            loss = loss + cfg.judge_loss_weight * pm.both_orders_loss(z, z_swapped, labels)[0]
         aux = _aux(z, labels, batch)
         aux["position_bias"] = jnp.sum(jnp.abs(jax.nn.sigmoid(z) + jax.nn.sigmoid(z_swapped) - 1.0))
         return jnp.sum(loss), aux
@@ -179,7 +147,7 @@ def pm_loss_fn(
         model, params, inputs, target_token, enable_dropout=True, rng=dropout_rng,
         decoder_len=decoder_len,
     )
-    return jnp.sum(logistic_loss(z, labels)), _aux(z, labels, batch)
+    return jnp.sum(preference_math.logistic_loss(z, labels)), _aux(z, labels, batch)
 
 
 def pm_train_step(
@@ -242,7 +210,7 @@ def rm_loss_fn(
     aux = _aux(d, labels, batch)
     # Rewards are defined up to a constant; their mean scale is worth watching.
     aux["reward_mean"] = jnp.sum(r[:n] + r[n:]) / 2.0
-    return jnp.sum(logistic_loss(d, labels)), aux
+    return jnp.sum(preference_math.logistic_loss(d, labels)), aux
 
 
 def rm_train_step(

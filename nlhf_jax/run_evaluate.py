@@ -22,7 +22,6 @@ before anything is sampled.
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
@@ -30,183 +29,10 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from nlhf_jax import decoding
-from nlhf_jax import evaluation
-
-
-@dataclasses.dataclass
-class PolicySamples:
-    name: str
-    model_dir: str
-    texts: list
-    tokens: np.ndarray
-    lengths: np.ndarray
-    seq_logp: Optional[np.ndarray] = None  # log pi(y | x) [N]
-    seq_ref_logp: Optional[np.ndarray] = None  # log mu(y | x) [N]
-
-
-def sample_policies(
-    policies: Sequence[tuple[str, str]],
-    prompts: np.ndarray,
-    vocabulary,
-    cfg: decoding.SamplingConfig,
-    seed: int = 0,
-    reference_dir: Optional[str] = None,
-) -> list[PolicySamples]:
-    """One response per policy per prompt; with `reference_dir`, also the sequence
-    log-probs under each policy and under mu (for the P_tau judge)."""
-    import jax
-
-    from nlhf_jax import partitioning
-    from nlhf_jax import policy as policy_lib
-    from nlhf_jax import trainer
-
-    mesh = partitioning.make_mesh(partitioning.MeshConfig())
-    rules = partitioning.default_rules()
-    ref = trainer.load_frozen(reference_dir, mesh, rules) if reference_dir else None
-    out = []
-    for i, (name, model_dir) in enumerate(policies):
-        _, net, params = trainer.load_frozen(model_dir, mesh, rules)
-        # independent samples per policy (two copies of one policy are two samples)
-        texts, toks, lens = evaluation.sample_texts(net, params, prompts, vocabulary, cfg,
-                                                    seed=seed + 7919 * i)
-        s = PolicySamples(name, model_dir, texts, toks, lens)
-        if ref is not None:
-            lp = jax.jit(lambda p, x, t, n, m=net: policy_lib.token_logprobs(m, p, x, t, n, cfg))
-            s.seq_logp = np.asarray(lp(params, prompts, toks, lens)).sum(-1)
-            lp_ref = jax.jit(lambda p, x, t, n, m=ref[1]: policy_lib.token_logprobs(m, p, x, t, n, cfg))
-            s.seq_ref_logp = np.asarray(lp_ref(ref[2], prompts, toks, lens)).sum(-1)
-        out.append(s)
-    return out
-
-
-def ptau_cells(samples: list[PolicySamples], posts, pm_prob, tau: float, antisymmetric: bool = True) -> dict:
-    """Table 2's P_tau(column > row) = E[P(y_c > y_r)] - tau KL_c + tau KL_r (single-sample
-    KL estimates on the same prompts), with a normal-approximation 95% interval.
-
-    With an antisymmetric `pm_prob` (a PM judge scoring both orders, the default) the
-    per-prompt value v(r, c) is exactly 1 - v(c, r) and v(r, r) = 1/2, so only the cells
-    above the diagonal run the model (n (n - 1) / 2 of n^2 calls); pass
-    `antisymmetric=False` for a one-order judge to compute every cell.
-    """
-    cells = {}
-    for i, r in enumerate(samples):
-        for j, c in enumerate(samples):
-            if antisymmetric and j < i:
-                cells[(r.name, c.name)] = cells[(c.name, r.name)].mirrored()
-                continue
-            if antisymmetric and i == j:
-                cells[(r.name, c.name)] = evaluation.Comparison(0.5, 0.5, 0.5, -1, len(posts))
-                continue
-            p = np.asarray(pm_prob(posts, c.texts, r.texts), np.float64)
-            v = p - tau * (c.seq_logp - c.seq_ref_logp) + tau * (r.seq_logp - r.seq_ref_logp)
-            se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-            cells[(r.name, c.name)] = evaluation.Comparison(float(v.mean()), float(v.mean() - 1.96 * se),
-                                                            float(v.mean() + 1.96 * se), -1, len(v))
-    return cells
-
-
-def write_outputs(out_dir: str, names: list, cells: dict, title: str, extra: dict) -> str:
-    """matrix.md / .csv / .json and heatmap.png under out_dir. Returns the markdown."""
-    os.makedirs(out_dir, exist_ok=True)
-    md = f"### {title}\n\nP(column > row), 95% interval in brackets.\n\n" + evaluation.matrix_markdown(names, cells)
-    with open(os.path.join(out_dir, "matrix.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(out_dir, "matrix.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row", "column", "p_column_over_row", "ci_lo", "ci_hi", "wins", "n"])
-        for (r, c), v in cells.items():
-            w.writerow([r, c, v.mean, v.lo, v.hi, v.wins, v.n])
-    payload = {"title": title, "names": names,
-               "cells": {f"{r}|{c}": dataclasses.asdict(v) for (r, c), v in cells.items()}, **extra}
-    with open(os.path.join(out_dir, "matrix.json"), "w") as f:
-        json.dump(payload, f, indent=1)
-    heatmap(os.path.join(out_dir, "heatmap.png"), names, cells, title)
-    return md
-
-
-def heatmap(path: str, names: list, cells: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.array([[cells[(r, c)].mean for c in names] for r in names])
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.0 * len(names) + 1.5))
-    im = ax.imshow(m, cmap="RdBu", vmin=0.2, vmax=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_xlabel("column policy (its win rate)")
-    ax.set_ylabel("row policy (opponent)")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def style_table(samples: list[PolicySamples], world_dir: str, taus: Sequence[float]) -> tuple[str, dict]:
-    """Each policy's style distribution vs the regularised Nash equilibrium over styles."""
-    from nlhf_jax.data.world import describe, raters, styles
-
-    names = list(styles.STYLE_NAMES)
-    k = len(names)
-    rep = describe.describe_world(_world_config(world_dir), taus=tuple(taus))
-    nash = {float(pr.tau): np.asarray(pr.nash) for pr in rep.style_predictions}
-    rows, data = [], {}
-    header = "| policy | " + " | ".join(names) + " | TV to Nash(tau) |"
-    rows += [header, "|---|" + "---:|" * (k + 1)]
-    for s in samples:
-        dist = evaluation.style_distribution(raters.Judge.style(s.texts), k)
-        tv = {}
-        for t, eq in nash.items():
-            eq_full = np.zeros(k)
-            eq_full[: len(eq)] = eq
-            tv[t] = evaluation.total_variation(dist, eq_full)
-        data[s.name] = {"styles": dist.tolist(), "tv_to_nash": tv}
-        tv_txt = ", ".join(f"{t:g}: {v:.2f}" for t, v in tv.items())
-        rows.append(f"| {s.name} | " + " | ".join(f"{x:.2f}" for x in dist) + f" | {tv_txt} |")
-    for t, eq in nash.items():
-        eq_full = np.zeros(k)
-        eq_full[: len(eq)] = eq
-        rows.append(f"| Nash eq. tau={t:g} | " + " | ".join(f"{x:.2f}" for x in eq_full) + " | - |")
-    return "\n".join(rows), {"styles": data, "nash": {str(t): v.tolist() for t, v in nash.items()}}
-
-
-def quality_table(samples: list[PolicySamples], world_dir: str, posts: Sequence[str]) -> tuple[str, dict]:
-    """Each policy's quality under the world's parser: the errors the judges must catch.
-
-    Columns: share of samples covering the main point, with a word the post does not
-    support, with a repeated content word (a clause copied into the wrong place), mean
-    number of words, and the raters' shared quality utility (higher is better; see
-    `raters.RaterPopulation.quality`).
-    """
-    from nlhf_jax.data.world import raters
-
-    judge = raters.Judge.for_world(world_dir)
-    rows = ["| policy | main point | unsupported word | repeated word | words | quality |",
-            "|---|---:|---:|---:|---:|---:|"]
-    data = {}
-    for s in samples:
-        f = judge.features(posts, s.texts)
-        d = {"main_point": float(f.main_point.mean()), "unsupported": float((f.unsupported > 0).mean()),
-             "repeated": float((f.repeats > 0).mean()), "words": float(f.n_words.mean()),
-             "quality": float(judge.population.quality(f).mean())}
-        data[s.name] = d
-        rows.append(f"| {s.name} | {d['main_point']:.2f} | {d['unsupported']:.2f} | {d['repeated']:.2f} "
-                    f"| {d['words']:.1f} | {d['quality']:.2f} |")
-    return "\n".join(rows), data
-
-
-def _world_config(world_dir: str):
-    from nlhf_jax.data.world import generator
-
-    return generator.load_config(world_dir)
+from nlhf_jax.evaluation import sampling
+from nlhf_jax.evaluation import stats
+from nlhf_jax.evaluation import tables
 
 
 JUDGE_SPECS = "world, pm:DIR, rm:DIR or ptau:DIR"
@@ -385,9 +211,32 @@ def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
     Returns:
       (the plan, []) or (None, the problems: one message each, naming the argument).
     """
-    from nlhf_jax.data import pairwise
     from nlhf_jax.data.world import generator
 
+    problems = _number_problems(a)
+    policies, configs, policy_problems = _policy_problems(a.policy)
+    problems += policy_problems
+    kind, judge_dir, ref_dir, judge_arg_problems = _judge_arg_problems(a, policies, configs)
+    problems += judge_arg_problems
+    splits = a.split.split("+")
+    world_dir, requested, world_refusal = _checked_world(a.world_dir, splits, problems)
+    if world_refusal:
+        return None, world_refusal
+    # The prompts are tokenised with the world's vocabulary and the samples decoded with
+    # it: every policy (and mu, which scores the same tokens) must have been trained on it.
+    named = [(f"--policy {n}={d}", d) for n, d in policies]
+    if a.reference and kind == "ptau":
+        named.append((f"--reference {ref_dir}", ref_dir))
+    problems += _vocab_problems(named, configs, world_dir, requested)
+    if problems:
+        return None, problems
+    cfg = decoding.SamplingConfig(temperature=a.temperature, max_decode_len=a.max_decode_len)
+    files = [generator.split_path(world_dir, "prompts", s) for s in splits]
+    return Plan(policies, kind, judge_dir, ref_dir, world_dir, files, cfg), []
+
+
+def _number_problems(a: argparse.Namespace) -> list[str]:
+    """--num_prompts, --max_decode_len, --temperature, --tau, and --out not a file."""
     problems = []
     for flag, value in (("--num_prompts", a.num_prompts), ("--max_decode_len", a.max_decode_len)):
         if value < 1:
@@ -399,9 +248,14 @@ def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
         problems.append(f"--tau {a.tau}: must be >= 0 and finite")
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         problems.append(f"--out {a.out}: a file, not a directory")
+    return problems
 
-    policies, configs = [], {}
-    for spec in a.policy:
+
+def _policy_problems(specs: Sequence[str]) -> tuple[list, dict, list[str]]:
+    """The --policy NAME=DIR arguments: (name, directory) in order, each directory's
+    model config (None if unreadable), and the problems."""
+    policies, configs, problems = [], {}, []
+    for spec in specs:
         name, sep, model_dir = spec.partition("=")
         if not (sep and name and model_dir):
             problems.append(f"--policy {spec!r}: expected NAME=DIR")
@@ -412,7 +266,17 @@ def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
         policies.append((name, model_dir))
         configs[model_dir], run_problems = run_dir_problems(f"--policy {name}={model_dir}", model_dir)
         problems += run_problems
+    return policies, configs, problems
 
+
+def _judge_arg_problems(a: argparse.Namespace, policies: list, configs: dict):
+    """--judge and, for ptau, mu (--reference or the policy named sft); adds the
+    reference's model config to `configs`.
+
+    Returns:
+      (judge kind, judge directory, reference directory, problems); None where unknown.
+    """
+    problems = []
     kind = judge_dir = ref_dir = None
     try:
         kind, judge_dir = parse_judge(a.judge)
@@ -427,46 +291,56 @@ def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
         elif a.reference:
             configs[ref_dir], run_problems = run_dir_problems(f"--reference {ref_dir}", ref_dir)
             problems += run_problems
+    return kind, judge_dir, ref_dir, problems
 
-    splits = a.split.split("+")
-    if a.world_dir:
+
+def _checked_world(world_arg: Optional[str], splits: Sequence[str], problems: list[str]):
+    """The world of --world_dir, or the default one (generated if needed, unless
+    `problems` already refuse the command), with its prompt splits checked.
+
+    Returns:
+      (world directory, the vocabulary size it asked SentencePiece for, []) or
+      (None, None, every problem: `problems` and the world's) to refuse the command.
+    """
+    from nlhf_jax.data.world import generator
+
+    if world_arg:
         # Used as it is: `generator.ensure_world` would regenerate a world of another
         # config (another seed, a smaller test world) as the default one.
-        world_dir = os.path.abspath(a.world_dir)
+        world_dir = os.path.abspath(world_arg)
     elif problems:
-        return None, problems  # do not generate the default world for a failing command
+        return None, None, problems  # do not generate the default world for a failing command
     else:
         try:
             world_dir = generator.ensure_world(generator.default_data_dir(0))
         except FileExistsError as e:  # $NLHF_DATA_DIR names a directory that holds no world
-            return None, [f"the default world: {e} (give --world_dir, or fix $NLHF_DATA_DIR)"]
+            return None, None, [f"the default world: {e} (give --world_dir, or fix $NLHF_DATA_DIR)"]
     bad_world = world_problems(world_dir, splits)
     if bad_world:
-        return None, problems + bad_world
+        return None, None, problems + bad_world
     try:
         requested = generator.load_config(world_dir).vocab_size
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return None, problems + [f"--world_dir {world_dir}: {os.path.join(world_dir, 'world.json')} "
-                                 f"is unreadable ({e!r})"]
+        return None, None, problems + [f"--world_dir {world_dir}: {os.path.join(world_dir, 'world.json')} "
+                                       f"is unreadable ({e!r})"]
+    return world_dir, requested, []
 
-    # The prompts are tokenised with the world's vocabulary and the samples decoded with
-    # it: every policy (and mu, which scores the same tokens) must have been trained on it.
+
+def _vocab_problems(named: Sequence[tuple[str, str]], configs: dict, world_dir: str, requested: int) -> list[str]:
+    """`policy_vocab_problem` of each (argument, run directory) whose config was read."""
+    from nlhf_jax.data import pairwise
+    from nlhf_jax.data.world import generator
+
     vocab_file = generator.vocab_path(world_dir)
     pieces = pairwise.Tokenizer(vocab_file).vocab_size
-    named = [(f"--policy {n}={d}", d) for n, d in policies]
-    if a.reference and kind == "ptau":
-        named.append((f"--reference {ref_dir}", ref_dir))
+    problems = []
     for what, model_dir in named:
         if configs[model_dir] is None:
             continue  # already reported
         problem = policy_vocab_problem(what, model_dir, configs[model_dir].vocab_size, pieces, vocab_file, requested)
         if problem:
             problems.append(problem)
-    if problems:
-        return None, problems
-    cfg = decoding.SamplingConfig(temperature=a.temperature, max_decode_len=a.max_decode_len)
-    files = [generator.split_path(world_dir, "prompts", s) for s in splits]
-    return Plan(policies, kind, judge_dir, ref_dir, world_dir, files, cfg), []
+    return problems
 
 
 def main(argv) -> int:
@@ -500,29 +374,27 @@ def main(argv) -> int:
         p.error(f"--split {a.split}: no prompts in {', '.join(files)}")
     cfg = plan.cfg
     # The judge's model is loaded before sampling, so that its failures come first too.
-    judge = None
     if kind == "world":
-        prob = raters.Judge.for_world(world_dir).preference
+        judge = raters.RaterPanel.for_world(world_dir)
         title = "world raters P*"
     else:
         from nlhf_jax import judges
 
         judge = judges.load_judge(plan.judge_dir)
-        prob = judge.prob
         title = {"pm": "preference model", "rm": "reward model", "ptau": f"P_tau (tau={a.tau})"}[kind]
-    samples = sample_policies(policies, ds.features["prompts"], voc, cfg, a.seed, plan.reference_dir)
+    samples = sampling.sample_policies(policies, ds.features["prompts"], voc, cfg, a.seed, plan.reference_dir)
     names = [s.name for s in samples]
-    responses = {s.name: s.texts for s in samples}
     if kind == "ptau":
-        cells = ptau_cells(samples, posts, prob, a.tau, antisymmetric=getattr(judge, "both_orders", False))
+        cells = stats.ptau_cells(samples, posts, judge.prob, a.tau,
+                                 antisymmetric=getattr(judge, "both_orders", False))
     else:
-        cells = evaluation.win_rate_matrix(names, responses, posts, lambda x, y, z: evaluation.judge_texts(
-            type("J", (), {"prob": staticmethod(prob)})(), x, y, z), seed=a.seed)
+        responses = {s.name: s.texts for s in samples}
+        cells = stats.win_rate_matrix(names, responses, posts, lambda x, y, z: stats.judge_texts(judge, x, y, z))
     extra = {"decoding": dataclasses.asdict(cfg), "num_prompts": len(posts), "split": a.split,
              "policies": dict(policies), "judge": a.judge}
-    md = write_outputs(a.out, names, cells, title, extra)
-    st_md, st = style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
-    q_md, q = quality_table(samples, world_dir, posts)
+    md = tables.write_outputs(a.out, names, cells, title, extra)
+    st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
+    q_md, q = tables.quality_table(samples, world_dir, posts)
     with open(os.path.join(a.out, "styles.md"), "w") as f:
         f.write(st_md + "\n\n" + q_md + "\n")
     with open(os.path.join(a.out, "styles.json"), "w") as f:

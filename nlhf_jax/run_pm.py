@@ -18,9 +18,9 @@ import logging
 import os
 from typing import Optional, Sequence
 
-import gin
 
 from nlhf_jax import checkpointing
+from nlhf_jax import gin_setup
 from nlhf_jax import partitioning
 from nlhf_jax import preference_steps
 from nlhf_jax import train_state as train_state_lib
@@ -102,10 +102,7 @@ def _train(
             f"a {kind} run needs a template {'with' if kind == pairwise.PREFERENCE else 'without'} "
             f"{{y_alt}}; got {input_format.template!r}"
         )
-    os.makedirs(model_dir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-            f.write(gin.config_str())
+    gin_setup.write_config(model_dir)
     checkpointing.save_model_config(model_dir, model)
 
     # ---- data: comparisons -> inputs with the model's own vocabulary
@@ -158,9 +155,7 @@ def _train(
     finally:
         writer.close()
         ckpt.close()
-    if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "operative_config.gin"), "w", encoding="utf-8") as f:
-            f.write(gin.operative_config_str())
+    gin_setup.write_operative_config(model_dir)
     return result
 
 

@@ -135,7 +135,9 @@ def normalised_step(
     prefix: str,
     learning_rate_fn: Optional[Callable[[Array], Array]] = None,
 ) -> tuple[train_state_lib.TrainState, Metrics]:
-    """The generic supervised step: grads of loss_sum / weight, then one update.
+    """The generic training step: grads of loss_sum / weight, then one update.
+
+    (Not `policy.log_prob_step`, which wraps a sampling step.)
 
     Args:
       state: the train state (donated by the caller's jit).

@@ -26,11 +26,11 @@ from tqdm import auto as tqdm
 
 from nlhf_jax import checkpointing
 from nlhf_jax import faults
-from nlhf_jax import input_pipeline
 from nlhf_jax import metrics as metrics_lib
 from nlhf_jax import partitioning
 from nlhf_jax import train_state as train_state_lib
 from nlhf_jax import types
+from nlhf_jax.data import input_pipeline
 
 PyTree = types.PyTree
 TrainState = train_state_lib.TrainState
@@ -328,10 +328,10 @@ def supervised_step_fn(jitted_step, dataset: input_pipeline.ArrayDataset, loop: 
 @dataclasses.dataclass(frozen=True)
 class Companion:
     """A second state saved with the train state at the same steps (Nash-EMA's
-    averaged parameters): its own checkpointer, and a function returning its state."""
+    averaged parameters): its own checkpointer, and train state -> its state."""
 
     checkpointer: checkpointing.Checkpointer
-    get_state: Callable[[], TrainState]
+    get_state: Callable[[TrainState], TrainState]
 
 
 @dataclasses.dataclass
@@ -342,6 +342,17 @@ class LoopResult:
     steps_run: int
 
 
+# What `run_loop` guarantees:
+#   * Non-finite values never reach a checkpoint: a step's `*/loss`, the updated state
+#     (parameters and optimizer state, and every companion) before each save, and the
+#     final evaluation before the final save are checked; any failure raises
+#     NonFiniteLossError naming the last good (latest) checkpoint. Rotation only deletes
+#     older steps, so that one is kept.
+#   * SIGTERM (see `preemption_guard`) saves a complete checkpoint at the next step
+#     boundary and returns `preempted=True`; before the first step it returns with
+#     nothing to save.
+#   * One metrics record per step; on resume, records after the restored step (from the
+#     interrupted run) are dropped first, so no step appears twice.
 def run_loop(
     *,
     state: TrainState,
@@ -369,37 +380,13 @@ def run_loop(
       companions: states saved alongside at the same steps (see `Companion`).
       progress_keys: metric keys shown on the progress bar (besides `*/loss`).
 
-    Guarantees:
-      * Non-finite values never reach a checkpoint: a step's `*/loss`, the updated
-        state (parameters and optimizer state, and every companion) before each save,
-        and the final evaluation before the final save are checked; any failure raises
-        NonFiniteLossError naming the last good (latest) checkpoint. Rotation only
-        deletes older steps, so that one is kept.
-      * SIGTERM (see `preemption_guard`) saves a complete checkpoint at the next step
-        boundary and returns `preempted=True`; before the first step it returns with
-        nothing to save.
-      * One metrics record per step; on resume, records after the restored step (from
-        the interrupted run) are dropped first, so no step appears twice.
+    What it guarantees (non-finite values never saved, SIGTERM, one record per step) is
+    listed above the function.
     """
     start = int(jax.device_get(state.step))
     last: dict[str, float] = writer.resume(start)
-    pending: list[dict[str, Any]] = []
-    t_last = time.perf_counter()
-
-    def save(state, done, force):
-        bad = non_finite_paths(state)
-        for c in companions:
-            bad += [f"{c.checkpointer.directory}:{p}" for p in non_finite_paths(c.get_state())]
-        if bad:
-            raise NonFiniteLossError(
-                f"non-finite values in the state after step {done} ({bad[0]}"
-                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); not saved. "
-                + _last_good(checkpointer))
-        if checkpointer.save(state, force=force):
-            for c in companions:
-                c.checkpointer.save(c.get_state(), force=force)
-            faults.point("final_save" if force else "save")
-
+    saver = _Saver(checkpointer, companions)
+    records = _Records(loop.log_every)
     with preemption_guard() as preemption, jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         if start >= loop.num_steps:
             logging.info("%s: already finished at step %d (num_steps %d); nothing to do",
@@ -409,60 +396,101 @@ def run_loop(
         if preemption.requested:
             logging.warning("%s: SIGTERM before the first step; nothing new to save", desc)
             return LoopResult(state=state, last_metrics=last, preempted=True, steps_run=0)
-        bar = tqdm.tqdm(total=loop.num_steps, initial=start, desc=desc, dynamic_ncols=True,
-                        disable=not loop.progress or jax.process_index() != 0)
         preempted = False
-        for step in range(start, loop.num_steps):
-            state, metrics, texts = step_fn(state, step)
-            faults.point("step")
-            bad = [k for k in metrics if k.endswith("/loss") and not math.isfinite(float(metrics[k]))]
-            if bad:
-                bar.close()
-                raise NonFiniteLossError(
-                    f"non-finite {bad[0]}={float(metrics[bad[0]])} at step {step}; stopping. "
-                    + _last_good(checkpointer))
-            pending.append(metrics)
-            done = step + 1
-            final = done == loop.num_steps
-            bar.update(1)
-            record: dict[str, float] = {}
-            if done % loop.log_every == 0 or final:
-                now = time.perf_counter()
-                record = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
-                record["perf/steps_per_s"] = len(pending) / max(now - t_last, 1e-9)
-                t_last, pending = now, []
-                bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in record.items()
-                                 if k.endswith("/loss") or k in progress_keys})
-            if eval_fn is not None and (final or (loop.eval_every and done % loop.eval_every == 0)):
-                evals = {k: float(v) for k, v in eval_fn(state.params).items()}
-                faults.point("eval")
-                bad = [k for k, v in evals.items() if not math.isfinite(v)]
-                if bad and final:
-                    bar.close()
-                    raise NonFiniteLossError(
-                        f"non-finite {bad[0]}={evals[bad[0]]} in the final evaluation at step "
-                        f"{done}; the final state is not saved. " + _last_good(checkpointer))
-                record.update(evals)
-            if record or texts:
-                writer.write(done, record, texts)
-                last.update(record)
-            if final:
-                break
-            if checkpointer.due(done):
-                save(state, done, force=False)
-            if preemption.requested:
-                logging.warning("%s: saving step %d after SIGTERM", desc, done)
-                save(state, done, force=True)
-                preempted = True
-                break
-        bar.close()
+        with tqdm.tqdm(total=loop.num_steps, initial=start, desc=desc, dynamic_ncols=True,
+                       disable=not loop.progress or jax.process_index() != 0) as bar:
+            for step in range(start, loop.num_steps):
+                state, metrics, texts = step_fn(state, step)
+                faults.point("step")
+                _check_losses(metrics, step, checkpointer)
+                done, final = step + 1, step + 1 == loop.num_steps
+                bar.update(1)
+                record = records.add(metrics, done, final)
+                if record:
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in record.items()
+                                     if k.endswith("/loss") or k in progress_keys})
+                if eval_fn is not None and (final or (loop.eval_every and done % loop.eval_every == 0)):
+                    record.update(_evaluate(eval_fn, state, done, final, checkpointer))
+                if record or texts:
+                    writer.write(done, record, texts)
+                    last.update(record)
+                if final:
+                    break
+                if checkpointer.due(done):
+                    saver.save(state, done, force=False)
+                if preemption.requested:
+                    logging.warning("%s: saving step %d after SIGTERM", desc, done)
+                    saver.save(state, done, force=True)
+                    preempted = True
+                    break
         if not preempted:
-            save(state, loop.num_steps, force=True)
-        checkpointer.wait()
-        for c in companions:
-            c.checkpointer.wait()
+            saver.save(state, loop.num_steps, force=True)
+        saver.wait()
     return LoopResult(state=state, last_metrics=last, preempted=preempted,
                       steps_run=int(jax.device_get(state.step)) - start)
+
+
+class _Records:
+    """Averages step metrics over `log_every` steps into one record per logged step."""
+
+    def __init__(self, log_every: int):
+        self.log_every = log_every
+        self.pending: list[dict[str, Any]] = []
+        self.t_last = time.perf_counter()
+
+    def add(self, metrics: dict, done: int, final: bool) -> dict[str, float]:
+        self.pending.append(metrics)
+        if not (done % self.log_every == 0 or final):
+            return {}
+        now = time.perf_counter()
+        record = {k: float(np.mean([m[k] for m in self.pending])) for k in self.pending[0]}
+        record["perf/steps_per_s"] = len(self.pending) / max(now - self.t_last, 1e-9)
+        self.t_last, self.pending = now, []
+        return record
+
+
+class _Saver:
+    """Saves the train state and its companions, only ever finite ones."""
+
+    def __init__(self, checkpointer: checkpointing.Checkpointer, companions: Sequence[Companion]):
+        self.checkpointer, self.companions = checkpointer, companions
+
+    def save(self, state: TrainState, done: int, force: bool) -> None:
+        bad = non_finite_paths(state)
+        for c in self.companions:
+            bad += [f"{c.checkpointer.directory}:{p}" for p in non_finite_paths(c.get_state(state))]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise NonFiniteLossError(f"non-finite values in the state after step {done} ({bad[0]}{more}); "
+                                     "not saved. " + _last_good(self.checkpointer))
+        if self.checkpointer.save(state, force=force):
+            for c in self.companions:
+                c.checkpointer.save(c.get_state(state), force=force)
+            faults.point("final_save" if force else "save")
+
+    def wait(self) -> None:
+        self.checkpointer.wait()
+        for c in self.companions:
+            c.checkpointer.wait()
+
+
+def _check_losses(metrics: dict, step: int, checkpointer: checkpointing.Checkpointer) -> None:
+    bad = [k for k in metrics if k.endswith("/loss") and not math.isfinite(float(metrics[k]))]
+    if bad:
+        raise NonFiniteLossError(f"non-finite {bad[0]}={float(metrics[bad[0]])} at step {step}; stopping. "
+                                 + _last_good(checkpointer))
+
+
+def _evaluate(eval_fn, state: TrainState, done: int, final: bool,
+              checkpointer: checkpointing.Checkpointer) -> dict[str, float]:
+    """eval_fn's metrics; a non-finite final evaluation stops the run before the final save."""
+    evals = {k: float(v) for k, v in eval_fn(state.params).items()}
+    faults.point("eval")
+    bad = [k for k, v in evals.items() if not math.isfinite(v)]
+    if bad and final:
+        raise NonFiniteLossError(f"non-finite {bad[0]}={evals[bad[0]]} in the final evaluation at step "
+                                 f"{done}; the final state is not saved. " + _last_good(checkpointer))
+    return evals
 
 
 def load_frozen(

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from nlhf_jax import checkpointing
-from nlhf_jax import input_pipeline
 from nlhf_jax import partitioning
 from nlhf_jax import train_state as ts
 from nlhf_jax import trainer
+from nlhf_jax.data import input_pipeline
 from nlhf_jax.models import t5
 
 # Exact resume after SIGKILL and SIGTERM, at every point of a run, is tested with

@@ -9,7 +9,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 from nlhf_jax.data import jsonl, tasks, templates, vocab
-from nlhf_jax.data.world import generator
+from nlhf_jax.data.world import generator, vocab_training
 
 LENGTHS = {"inputs": 128, "targets": 32}
 SMALL = generator.WorldConfig(n_sft=(40, 8, 8), n_comparisons=(40, 8, 8), n_prompts_train=8)
@@ -193,4 +193,4 @@ def test_tfds_task_without_prepared_data_fails_fast(tldr_files, tmp_path):
 def test_vocabulary_paths_are_checked(tmp_path):
     with pytest.raises(FileNotFoundError, match="no SentencePiece model"):
         tasks.register_tldr_tasks(vocab_path=str(tmp_path / "spiece.model"), sft_path="x")
-    np.testing.assert_equal(vocab.EOS_ID, 1)
+    np.testing.assert_equal(vocab_training.EOS_ID, 1)

@@ -14,8 +14,12 @@ def _plan(tmp_path):
     return plan
 
 
+def _deps(tmp_path):
+    return {stage.name: list(stage.needs) for stage in _plan(tmp_path)}
+
+
 def test_dependencies_follow_the_judges(tmp_path):
-    deps = demo.stage_dependencies(_plan(tmp_path))
+    deps = _deps(tmp_path)
     assert deps["sft"] == [] and deps["pm"] == ["sft"] and deps["rm"] == ["sft"]
     assert deps["rlhf"] == ["sft", "rm"]
     for name in ("self_play", "nash_md", "best_response", "nash_ema"):
@@ -72,8 +76,8 @@ def _run(names, deps, jobs, rc=None, done=()):
 
 def test_stages_respect_dependencies_and_the_job_limit(tmp_path):
     plan = _plan(tmp_path)[1:]  # after SFT, as the demo runs them
-    deps = demo.stage_dependencies(_plan(tmp_path))
-    names = [n for n, _, _ in plan]
+    deps = _deps(tmp_path)
+    names = [stage.name for stage in plan]
     log, finished, _ = _run(names, deps, jobs=2, done={"sft"})
     assert sorted(finished) == sorted(names)
     running, ended = set(), set()
@@ -90,7 +94,7 @@ def test_stages_respect_dependencies_and_the_job_limit(tmp_path):
 
 
 def test_finished_stages_are_skipped(tmp_path):
-    deps = demo.stage_dependencies(_plan(tmp_path))
+    deps = _deps(tmp_path)
     names = ["pm", "rm", "rlhf", "nash_md"]
     log, finished, _ = _run(names, deps, jobs=2, done={"sft", "pm", "rm"})
     assert finished == ["rlhf", "nash_md"] or finished == ["nash_md", "rlhf"]
@@ -98,7 +102,7 @@ def test_finished_stages_are_skipped(tmp_path):
 
 
 def test_a_failed_stage_stops_the_others_and_names_itself(tmp_path):
-    deps = demo.stage_dependencies(_plan(tmp_path))
+    deps = _deps(tmp_path)
     with pytest.raises(demo.StageError, match="stage rm failed") as e:
         _run(["pm", "rm", "rlhf"], deps, jobs=2, rc={"rm": 1}, done={"sft"})
     assert e.value.stage == "rm"

@@ -79,7 +79,7 @@ def _matrix(names, strength):
 
 
 def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
-    from nlhf_jax import report
+    from nlhf_jax.evaluation import report
 
     betas = [0.0, 0.125, 0.5, 1.0]
     # A Bradley-Terry matrix cannot have RLHF strongest against SFT and still lose to MD1,
@@ -108,24 +108,24 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
 
 
 def test_ptau_cells_mirror_an_antisymmetric_judge_exactly():
-    from nlhf_jax import run_evaluate
+    from nlhf_jax.evaluation import sampling, stats
 
     rng = np.random.default_rng(1)
     samples = []
     for name in ("sft", "a", "b"):
         texts = _policy(rng, 50)
-        samples.append(run_evaluate.PolicySamples(name, "", texts, None, None, seq_logp=rng.normal(size=50),
-                                                  seq_ref_logp=rng.normal(size=50)))
+        samples.append(sampling.PolicySamples(name, "", texts, None, None, seq_logp=rng.normal(size=50),
+                                              seq_ref_logp=rng.normal(size=50)))
     calls = []
 
     def prob(posts, ys, ys_alt):
         calls.append(1)
         return _judge(posts, ys, ys_alt)
 
-    full = run_evaluate.ptau_cells(samples, [""] * 50, prob, 0.1, antisymmetric=False)
+    full = stats.ptau_cells(samples, [""] * 50, prob, 0.1, antisymmetric=False)
     assert len(calls) == 9
     calls.clear()
-    fast = run_evaluate.ptau_cells(samples, [""] * 50, prob, 0.1)
+    fast = stats.ptau_cells(samples, [""] * 50, prob, 0.1)
     assert len(calls) == 3
     for key, cell in full.items():
         assert fast[key].mean == pytest.approx(cell.mean, abs=1e-12), key
@@ -134,7 +134,7 @@ def test_ptau_cells_mirror_an_antisymmetric_judge_exactly():
 
 
 def test_quality_table_counts_the_parser_features(tmp_path):
-    from nlhf_jax import run_evaluate
+    from nlhf_jax.evaluation import sampling, tables
     from nlhf_jax.data.world import generator
 
     world = str(tmp_path / "w")
@@ -145,10 +145,10 @@ def test_quality_table_counts_the_parser_features(tmp_path):
     refs = [r["summary"] for r in rows]
     # Each reference with its first clause said twice: one repeated word at least.
     doubled = [r.rstrip(" .") + " and " + r.rstrip(" .") + " ." for r in refs]
-    samples = [run_evaluate.PolicySamples("ref", "", refs, None, None),
-               run_evaluate.PolicySamples("doubled", "", doubled, None, None),
-               run_evaluate.PolicySamples("empty", "", [""] * len(refs), None, None)]
-    md, data = run_evaluate.quality_table(samples, world, posts)
+    samples = [sampling.PolicySamples("ref", "", refs, None, None),
+               sampling.PolicySamples("doubled", "", doubled, None, None),
+               sampling.PolicySamples("empty", "", [""] * len(refs), None, None)]
+    md, data = tables.quality_table(samples, world, posts)
     assert data["doubled"]["repeated"] == 1.0 and data["empty"]["main_point"] == 0.0
     assert data["ref"]["repeated"] == 0.0
     assert data["ref"]["quality"] > data["doubled"]["quality"] > data["empty"]["quality"]
@@ -159,10 +159,10 @@ def test_quality_table_counts_the_parser_features(tmp_path):
 def test_report_first_prompts_keep_every_field_aligned():
     """P_tau on the first n prompts (`report._first`) slices texts, tokens, lengths and
     both log-probs alike, and leaves absent fields absent."""
-    from nlhf_jax import report, run_evaluate
+    from nlhf_jax.evaluation import report, sampling
 
-    s = run_evaluate.PolicySamples("a", "", [f"t{i}" for i in range(6)], np.arange(12).reshape(6, 2),
-                                   np.arange(6), seq_logp=np.arange(6.0), seq_ref_logp=None)
+    s = sampling.PolicySamples("a", "", [f"t{i}" for i in range(6)], np.arange(12).reshape(6, 2),
+                               np.arange(6), seq_logp=np.arange(6.0), seq_ref_logp=None)
     cut = report._first(s, 4)
     assert cut.texts == ["t0", "t1", "t2", "t3"] and cut.name == "a"
     np.testing.assert_array_equal(cut.tokens, np.arange(8).reshape(4, 2))

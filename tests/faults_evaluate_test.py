@@ -14,11 +14,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nlhf_jax import checkpointing
-from nlhf_jax import evaluation
 from nlhf_jax import run_evaluate
 from nlhf_jax import testing
 from nlhf_jax.data import pairwise
 from nlhf_jax.data.world import generator
+from nlhf_jax.evaluation import sampling
 from nlhf_jax.models import t5
 
 TINY_WORLD = generator.WorldConfig(n_sft=(4, 2, 4), n_comparisons=(4, 2, 2), n_prompts_train=2)
@@ -76,8 +76,8 @@ def no_sampling(monkeypatch):
         calls.append((args, kwargs))
         raise AssertionError("sampling started before the arguments were validated")
 
-    monkeypatch.setattr(run_evaluate, "sample_policies", refuse)
-    monkeypatch.setattr(evaluation, "sample_texts", refuse)
+    monkeypatch.setattr(sampling, "sample_policies", refuse)
+    monkeypatch.setattr(sampling, "sample_texts", refuse)
     return calls
 
 
@@ -225,7 +225,7 @@ def test_valid_arguments_reach_sampling_with_the_judge_loaded_first(tmp_path, wo
         sampled.append((list(policies), prompts.shape, cfg, reference_dir))
         raise Stop
 
-    monkeypatch.setattr(run_evaluate, "sample_policies", sample)
+    monkeypatch.setattr(sampling, "sample_policies", sample)
     # vocab_size 512 = the size the world asked SentencePiece for: a legitimate choice.
     wide = _finished_run(str(tmp_path / "wide"), 512)
     with pytest.raises(Stop):

@@ -11,8 +11,8 @@ import os
 import gin
 import pytest
 
+from nlhf_jax import gin_setup
 from nlhf_jax import main
-from nlhf_jax import run_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPY_SFT = os.path.join(REPO, "configs", "experiments", "copy_sft.gin")
@@ -36,12 +36,12 @@ def test_typo_of_a_macro_is_an_error_suggesting_the_known_one(capsys):
     # gin alone takes `NUM_STEP = 1` as a new macro nothing uses: the run would train
     # copy_sft.gin's 300 steps.
     with pytest.raises(ValueError, match=r"NUM_STEP\b.*did you mean NUM_STEPS"):
-        run_train.parse_gin([COPY_SFT], ["MODEL_DIR = '/tmp/x'", "NUM_STEP = 1"])
+        gin_setup.parse_gin([COPY_SFT], ["MODEL_DIR = '/tmp/x'", "NUM_STEP = 1"])
     with pytest.raises(ValueError, match=r"NOT_A_BINDING"):
-        run_train.parse_gin([COPY_SFT], ["NOT_A_BINDING = 1"])
+        gin_setup.parse_gin([COPY_SFT], ["NOT_A_BINDING = 1"])
     # A macro a command-line binding references must be defined somewhere, too.
     with pytest.raises(ValueError, match=r"SEEDD.*did you mean SEED\b"):
-        run_train.parse_gin([COPY_SFT], ["trainer.LoopConfig.seed = %SEEDD"])
+        gin_setup.parse_gin([COPY_SFT], ["trainer.LoopConfig.seed = %SEEDD"])
     # Through the command line: exit 2 before anything runs (no MODEL_DIR either, so
     # the old code fails fast rather than training).
     assert main.run(["train", f"--gin_file={COPY_SFT}", "--gin.NUM_STEP=1"]) == 2
@@ -50,7 +50,7 @@ def test_typo_of_a_macro_is_an_error_suggesting_the_known_one(capsys):
 
 
 def test_macros_that_files_define_or_use_can_be_overridden():
-    run_train.parse_gin(
+    gin_setup.parse_gin(
         [COPY_SFT],
         # Defined by a file; defined and used only on the command line.
         ["NUM_STEPS = 7", "MY_SEED = 3", "trainer.LoopConfig.seed = %MY_SEED",
@@ -67,7 +67,7 @@ def test_macros_that_files_define_or_use_can_be_overridden():
 ])  # fmt: skip
 def test_unknown_binding_names_it_and_suggests_the_nearest(binding, needle, suggestion):
     with pytest.raises(ValueError) as e:
-        run_train.parse_gin([COPY_SFT], [binding])
+        gin_setup.parse_gin([COPY_SFT], [binding])
     msg = str(e.value)
     assert needle in msg and f"did you mean {suggestion}" in msg, msg
 
@@ -81,7 +81,7 @@ def test_missing_gin_file_names_it_and_the_search_paths(tmp_path, capsys):
     parent = tmp_path / "parent.gin"
     parent.write_text("X = 1\ninclude 'configs/runs/no_such_run.gin'\n")
     with pytest.raises(ValueError) as e:
-        run_train.parse_gin([str(parent)], [])
+        gin_setup.parse_gin([str(parent)], [])
     msg = str(e.value)
     assert "configs/runs/no_such_run.gin" in msg and "parent.gin" in msg and "line 2" in msg, msg
     assert REPO in msg, msg
@@ -100,9 +100,9 @@ def test_unset_required_macro_is_named_before_the_run(tmp_path, capsys):
         "include 'configs/runs/sft.gin'\n"
         "trainer.LoopConfig.log_every = %gin.REQUIRED\n"
     )
-    run_train.parse_gin([str(run)], ["NUM_STEPS = 3"])
+    gin_setup.parse_gin([str(run)], ["NUM_STEPS = 3"])
     with pytest.raises(ValueError) as e:
-        run_train.check_required()
+        gin_setup.check_required()
     msg = str(e.value)
     for name in ("MODEL_DIR", "TRAIN_DATA", "BATCH_SIZE", "trainer.LoopConfig.log_every"):
         assert name in msg, msg

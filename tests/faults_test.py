@@ -21,12 +21,12 @@ import pytest
 
 from nlhf_jax import checkpointing
 from nlhf_jax import faults
-from nlhf_jax import input_pipeline
 from nlhf_jax import metrics as metrics_lib
 from nlhf_jax import partitioning
 from nlhf_jax import steps
 from nlhf_jax import train_state as ts
 from nlhf_jax import trainer
+from nlhf_jax.data import input_pipeline
 from nlhf_jax.models import t5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,9 +207,9 @@ def test_fault_spec_parsing():
 NUM_STEPS = 40
 GIN = """
 from __gin__ import dynamic_registration
-from nlhf_jax import input_pipeline
 from nlhf_jax import train_state
 from nlhf_jax import trainer
+from nlhf_jax.data import input_pipeline
 from nlhf_jax.models import t5
 
 include 'configs/models/t5_1_1_tiny.gin'

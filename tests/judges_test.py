@@ -13,6 +13,7 @@ import pytest
 from nlhf_jax import judges
 from nlhf_jax import partitioning
 from nlhf_jax import testing
+from nlhf_jax.data import arrays
 from nlhf_jax.data import pairwise
 from nlhf_jax.data import templates
 from nlhf_jax.data import vocab
@@ -98,7 +99,7 @@ def _ids(tokenizer, strings):
 def test_world_judge_matches_raters_and_a_hand_formula(world, texts):
     judge = judges.WorldJudge(world)
     p = judge.prob(texts.prompts, texts.ys, texts.ys_alt)
-    direct = raters.Judge.for_world(world).preference(texts.posts, texts.ys, texts.ys_alt)
+    direct = raters.RaterPanel.for_world(world).prob(texts.posts, texts.ys, texts.ys_alt)
     np.testing.assert_allclose(p, direct, atol=1e-12)
     np.testing.assert_allclose(p, texts.p_star, atol=1e-12)
     pop = generator.load_config(world).population
@@ -120,7 +121,7 @@ def test_world_judge_matches_raters_and_a_hand_formula(world, texts):
 
 
 def test_post_from_prompt_survives_a_sentencepiece_round_trip(texts, tokenizer):
-    decoded = tokenizer.decode(_ids(tokenizer, texts.prompts))
+    decoded = arrays.decode_tokens(tokenizer, _ids(tokenizer, texts.prompts))
     assert "\n" not in decoded[0] and decoded[0] != texts.prompts[0]
     for prompt, round_trip, post in zip(texts.prompts, decoded, texts.posts):
         assert judges.post_from_prompt(prompt) == post
@@ -168,8 +169,8 @@ def test_decoder_layout_writes_y_alt_into_the_decoder_part(pm_dec, texts, tokeni
     for b in range(3):
         encoder_ids = [t for t in rows[b, :112] if t > 1]
         decoder_ids = [t for t in rows[b, 112:] if t]
-        assert tokenizer.decode([encoder_ids])[0].endswith("x : " + texts.ys[b].strip())
-        assert tokenizer.decode([decoder_ids])[0] == "q : " + texts.ys_alt[b].strip() + " ?"
+        assert tokenizer.decode(encoder_ids).endswith("x : " + texts.ys[b].strip())
+        assert tokenizer.decode(decoder_ids) == "q : " + texts.ys_alt[b].strip() + " ?"
         assert rows[b, 112 + len(decoder_ids):].sum() == 0  # left-aligned, no EOS
 
 

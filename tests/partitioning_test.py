@@ -1,7 +1,6 @@
 """Mesh construction, the resolved PartitionSpec of every parameter kind, sharded init."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P

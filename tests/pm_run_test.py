@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from nlhf_jax import gin_setup
 from nlhf_jax import judges
 from nlhf_jax import metrics
 from nlhf_jax import run_pm
@@ -132,18 +133,18 @@ def test_run_resumes_exactly_and_leaves_a_loadable_judge(layout, world, tmp_path
 
 
 def test_run_macro_selects_the_entry_point():
-    run_train.parse_gin([os.path.join(REPO, "configs", "experiments", "world_pm.gin")], [])
+    gin_setup.parse_gin([os.path.join(REPO, "configs", "experiments", "world_pm.gin")], [])
     assert run_train.entry_point() is gin.get_configurable(run_pm.train_preference_model)
-    run_train.parse_gin([os.path.join(REPO, "configs", "experiments", "world_rm.gin")], [])
+    gin_setup.parse_gin([os.path.join(REPO, "configs", "experiments", "world_rm.gin")], [])
     assert run_train.entry_point() is gin.get_configurable(run_pm.train_reward_model)
-    run_train.parse_gin([os.path.join(REPO, "configs", "experiments", "copy_sft.gin")], [])
+    gin_setup.parse_gin([os.path.join(REPO, "configs", "experiments", "copy_sft.gin")], [])
     assert run_train.entry_point() is gin.get_configurable(run_train.train)
     gin.clear_config()
 
 
 @pytest.mark.parametrize("name", ["tldr_pm", "tldr_rm"])
 def test_tldr_experiments_bind_their_data(name):
-    run_train.parse_gin(
+    gin_setup.parse_gin(
         [os.path.join(REPO, "configs", "experiments", f"{name}.gin")],
         ["COMPARISONS = '/data/comparisons'", "VOCAB_PATH = '/ckpt/spiece.model'",
          "INITIAL_CHECKPOINT = '/ckpt/t5'", "MODEL_DIR = '/tmp/x'"],

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from nlhf_jax import checkpointing
-from nlhf_jax import input_pipeline
+from nlhf_jax import online
 from nlhf_jax import partitioning
 from nlhf_jax import run_policy
 from nlhf_jax import run_train
 from nlhf_jax import steps
 from nlhf_jax import train_state as ts
 from nlhf_jax import trainer
+from nlhf_jax.data import input_pipeline
 from nlhf_jax.models import t5
 
 CFG = t5.T5Config(vocab_size=16, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
@@ -63,7 +64,7 @@ def _run(model_dir, sft_dir, prompts, steps_, algorithm="nash_md", beta=0.125, s
     return run_policy.train_policy(
         model_dir=model_dir, sft_dir=sft_dir, prompts=prompts, judge=_ShortIsBetter(),
         vocabulary=_Vocab(), loop=trainer.LoopConfig(num_steps=steps_, **LOOP),
-        nashmd=run_policy.NashMDConfig(algorithm=algorithm, beta=beta, tau=0.05, max_decode_len=6,
+        nashmd=online.NashMDConfig(algorithm=algorithm, beta=beta, tau=0.05, max_decode_len=6,
                                        log_samples_every=1),
         optimizer=ts.OptimizerConfig(name="adamw", schedule=ts.ScheduleConfig("constant", 3e-3)),
         checkpoint=checkpointing.CheckpointConfig(save_every_steps=save_every, async_save=False),
@@ -139,8 +140,8 @@ def test_sharded_policy_update_matches_single_device():
 
 
 def test_schedules_and_config():
-    s = run_policy.LinearSchedule(0.5, 0.1, steps=4)
+    s = online.LinearSchedule(0.5, 0.1, steps=4)
     np.testing.assert_allclose([float(s(t)) for t in (0, 2, 4, 10)], [0.5, 0.3, 0.1, 0.1], rtol=1e-6)
-    assert float(run_policy.LinearSchedule(0.2)(100)) == pytest.approx(0.2)
+    assert float(online.LinearSchedule(0.2)(100)) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="algorithm='dpo'"):
-        run_policy.NashMDConfig(algorithm="dpo")
+        online.NashMDConfig(algorithm="dpo")

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nlhf_jax import input_pipeline
 from nlhf_jax import partitioning
+from nlhf_jax import preference_math
 from nlhf_jax import preference_steps as ps
 from nlhf_jax import testing
 from nlhf_jax import train_state as ts
 from nlhf_jax import trainer
+from nlhf_jax.data import input_pipeline
 from nlhf_jax.data import pairwise
 from nlhf_jax.data.world import generator
 from nlhf_jax.models import preference
@@ -55,8 +56,8 @@ def test_logistic_loss_and_agreement_match_numpy():
     want = -(labels * np.log(sig) + (1 - labels) * np.log1p(-sig + 1e-300))
     want[3] = np.log1p(np.exp(-30.0))  # sigmoid(30) rounds to 1 in float64 too
     want[4] = 0.3 * 30.0 + np.log1p(np.exp(-30.0))
-    np.testing.assert_allclose(np.asarray(ps.logistic_loss(jnp.asarray(z), jnp.asarray(labels))), want, rtol=1e-5)
-    agree = np.asarray(ps.decision_agreement(jnp.asarray(z), jnp.asarray(labels)))
+    np.testing.assert_allclose(np.asarray(preference_math.logistic_loss(jnp.asarray(z), jnp.asarray(labels))), want, rtol=1e-5)
+    agree = np.asarray(preference_math.decision_agreement(jnp.asarray(z), jnp.asarray(labels), 0.0, xp=jnp))
     np.testing.assert_allclose(agree, [0.0, 0.5, 0.0, 1.0, 0.7], atol=1e-7)
 
 
@@ -64,19 +65,19 @@ def test_bradley_terry_loss_is_logistic_loss_of_the_reward_difference():
     r, r_alt, label = 1.3, -0.4, 0.8
     d = r - r_alt
     want = -(label * np.log(1 / (1 + np.exp(-d))) + (1 - label) * np.log(1 / (1 + np.exp(d))))
-    got = float(ps.logistic_loss(jnp.asarray([d]), jnp.asarray([label]))[0])
+    got = float(preference_math.logistic_loss(jnp.asarray([d]), jnp.asarray([label]))[0])
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    np.testing.assert_allclose(preference.bradley_terry(np.array([r]), np.array([r_alt])), [1 / (1 + np.exp(-d))])
+    np.testing.assert_allclose(preference_math.bradley_terry(np.array([r]), np.array([r_alt])), [1 / (1 + np.exp(-d))])
 
 
 def test_both_orders_loss_is_the_cross_entropy_of_the_both_orders_judge():
     z = np.array([-3.0, 0.0, 1.5, 40.0], np.float32)
     z_swapped = np.array([2.0, 0.0, -0.5, -40.0], np.float32)
     labels = np.array([1.0, 0.5, 0.0, 1.0], np.float32)
-    g = preference.both_orders(preference.sigmoid(z), preference.sigmoid(z_swapped))
+    g = preference_math.both_orders(preference_math.sigmoid(z), preference_math.sigmoid(z_swapped))
     want = -(labels * np.log(g) + (1 - labels) * np.log1p(-g + 1e-300))
     want[3] = -np.log(g[3])  # g = 1 - 4e-18: log1p of the complement would be -inf
-    loss, logit = ps.both_orders_loss(jnp.asarray(z), jnp.asarray(z_swapped), jnp.asarray(labels))
+    loss, logit = preference_math.both_orders_loss(jnp.asarray(z), jnp.asarray(z_swapped), jnp.asarray(labels))
     np.testing.assert_allclose(np.asarray(loss), want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(logit, np.float64)))[:3], g[:3], rtol=1e-5)
     assert np.isfinite(np.asarray(loss)).all() and float(logit[1]) == 0.0
@@ -85,10 +86,10 @@ def test_both_orders_loss_is_the_cross_entropy_of_the_both_orders_judge():
 def test_both_orders_formula_is_antisymmetric_and_half_on_ties():
     f = np.random.default_rng(0).random(100)
     g = np.random.default_rng(1).random(100)
-    np.testing.assert_allclose(preference.both_orders(f, g), (f + 1 - g) / 2, atol=1e-15)
-    np.testing.assert_allclose(preference.both_orders(f, g) + preference.both_orders(g, f), 1.0, atol=1e-15)
-    assert np.all(preference.both_orders(f, f) == 0.5)
-    assert preference.sigmoid(np.zeros(3)).tolist() == [0.5] * 3
+    np.testing.assert_allclose(preference_math.both_orders(f, g), (f + 1 - g) / 2, atol=1e-15)
+    np.testing.assert_allclose(preference_math.both_orders(f, g) + preference_math.both_orders(g, f), 1.0, atol=1e-15)
+    assert np.all(preference_math.both_orders(f, f) == 0.5)
+    assert preference_math.sigmoid(np.zeros(3)).tolist() == [0.5] * 3
 
 
 # ------------------------------------------------------------------------ encoding

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nlhf_jax import input_pipeline
 from nlhf_jax import partitioning
 from nlhf_jax import steps
 from nlhf_jax import train_state as ts
 from nlhf_jax import trainer
+from nlhf_jax.data import input_pipeline
 from nlhf_jax.models import t5
 
 CFG = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,

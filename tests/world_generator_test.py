@@ -11,7 +11,7 @@ import pytest
 import sentencepiece as spm
 
 from nlhf_jax.data import jsonl, templates
-from nlhf_jax.data.world import cli, generator, grammar, parser, raters, styles
+from nlhf_jax.data.world import cli, generator, grammar, layout, parser, raters, styles
 
 SMALL = generator.WorldConfig(n_sft=(300, 40, 40), n_comparisons=(600, 40, 40), n_prompts_train=60)
 
@@ -94,8 +94,8 @@ def test_comparison_files_in_openai_schema_with_noisy_labels(world):
     ref_wins = np.mean([row["summaries"][row["choice"]]["policy"] == "ref" for row in rows])
     assert 0.55 < ref_wins < 0.9
     # Labels are noisy draws with mean P*.
-    judge = raters.Judge()
-    p = judge.preference([x["info"]["post"] for x in rows],
+    judge = raters.RaterPanel()
+    p = judge.prob([x["info"]["post"] for x in rows],
                          [x["summaries"][0]["text"] for x in rows],
                          [x["summaries"][1]["text"] for x in rows])  # fmt: skip
     choice = np.array([x["choice"] for x in rows])
@@ -121,14 +121,14 @@ def test_prompts_and_post_uniqueness(world):
     sft_test = read_lines(generator.split_path(world, "sft", "test"))
     assert [p["id"] for p in test_prompts] == [s["id"] for s in sft_test]
     assert not {p["id"] for p in train_prompts} & {p["id"] for p in test_prompts}
-    assert len(generator.load_posts(world)) == len(ids) + len(train_prompts)
+    assert len(layout.load_posts(world)) == len(ids) + len(train_prompts)
 
 
 def test_load_config_and_judge_for_world(world):
     assert generator.load_config(world) == SMALL
-    judge = raters.Judge.for_world(world)
+    judge = raters.RaterPanel.for_world(world)
     row = read_lines(generator.split_path(world, "sft", "test"))[0]
-    p = judge.preference([row["id"], row["post"]], [row["summary"]] * 2, ["", ""])
+    p = judge.prob([row["id"], row["post"]], [row["summary"]] * 2, ["", ""])
     assert p[0] == p[1] > 0.99  # any reference beats empty text
 
 

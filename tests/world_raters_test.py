@@ -1,4 +1,4 @@
-"""The rater population P*: antisymmetry, quality agreement, labels, the Judge."""
+"""The rater population P*: antisymmetry, quality agreement, labels, the RaterPanel."""
 
 import itertools
 
@@ -30,13 +30,13 @@ def random_pairs(n: int, seed: int):
 
 
 def test_antisymmetric_and_half_on_ties():
-    judge = raters.Judge()
+    judge = raters.RaterPanel()
     posts, ys, alts = random_pairs(300, seed=0)
-    p = judge.preference(posts, ys, alts)
-    q = judge.preference(posts, alts, ys)
+    p = judge.prob(posts, ys, alts)
+    q = judge.prob(posts, alts, ys)
     assert p.shape == (300,) and p.dtype == np.float64
     np.testing.assert_allclose(p + q, 1.0, atol=1e-12)
-    assert np.all(judge.preference(posts, ys, ys) == 0.5)
+    assert np.all(judge.prob(posts, ys, ys) == 0.5)
     assert ((p >= 0) & (p <= 1)).all()
     assert np.abs(p - 0.5).max() > 0.4  # not a constant judge
 
@@ -92,12 +92,12 @@ def test_sampled_labels_follow_p_star():
 def test_judge_accepts_ids_texts_and_post_infos():
     rng = np.random.default_rng(4)
     post = grammar.sample_post(rng, "post-1")
-    judge = raters.Judge(posts_by_id={"post-1": post.text})
+    judge = raters.RaterPanel(posts_by_id={"post-1": post.text})
     ys = [styles.render_summary(rng, post, 0, 0)]
     alts = [styles.render_summary(rng, post, 1, 1)]
-    by_id = judge.preference(["post-1"], ys, alts)
-    by_text = judge.preference([post.text], ys, alts)
-    by_info = judge.preference([parser.parse_post(post.text)], ys, alts)
+    by_id = judge.prob(["post-1"], ys, alts)
+    by_text = judge.prob([post.text], ys, alts)
+    by_info = judge.prob([parser.parse_post(post.text)], ys, alts)
     assert by_id == by_text == by_info and by_id[0] > 0.9
     assert judge.utilities(["post-1"], ys).shape == (4, 1)
     assert judge.style(["anxious because my dad crashed the car .", ""]).tolist() == [2, 4]

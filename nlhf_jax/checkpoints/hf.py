@@ -319,14 +319,33 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
     config = config_from_hf(_read_json(config_path), source=config_path, **overrides)
     locations, describe = _tensor_locations(directory)
     found = _found_shapes(locations)
-
     # Shapes are per layer; `_entries(config)` lists the same tensors in the same order
     # with the stacked paths when `scan_layers` is set.
     flat_entries = _with_shapes(dataclasses.replace(config, scan_layers=False))
-    has_head = not config.logits_via_embedding
+    tolerated = _check_checkpoint_tensors(config, flat_entries, found, describe)
+    targets: dict[str, list] = {}
+    for entry, (_, shape) in zip(_entries(config), flat_entries):
+        source = entry.hf_name
+        if source == _LM_HEAD and found.get(_LM_HEAD) is None:
+            source = _EMBEDDING  # see `_check_checkpoint_tensors`
+        targets.setdefault(source, []).append((entry, shape))
+    dtype = np.dtype(config.storage_dtype)
+    flat_params, copies = _read_tensors(locations, targets, tolerated, describe, config, dtype)
+    _check_embedding_copies(flat_params[("token_embedder", "embedding")], copies, dtype, describe)
+    return config, _unflatten(flat_params)
+
+
+def _check_checkpoint_tensors(config: t5.T5Config, flat_entries, found, describe) -> dict:
+    """Checks the checkpoint's tensor names and shapes against `config` (`_check_tensors`).
+
+    Returns:
+      The tolerated extra tensors, name -> shape (None: any): the copies of the
+      embedding (an untied checkpoint's shared and encoder/decoder tables, the head of a
+      tied one), which must equal it, and the ignored ones.
+    """
     vd = (config.vocab_size, config.emb_dim)
     tolerated = {name: vd for name in _EMBED_COPIES} | {name: None for name in _IGNORED}
-    if not has_head:
+    if config.logits_via_embedding:
         tolerated[_LM_HEAD] = vd
     _check_tensors(
         {e.hf_name: _hf_shape(shape, e.transpose) for e, shape in flat_entries},
@@ -337,14 +356,16 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
         tolerated=tolerated,
         describe=describe,
     )
+    return tolerated
 
-    targets: dict[str, list] = {}
-    for entry, (_, shape) in zip(_entries(config), flat_entries):
-        source = entry.hf_name
-        if source == _LM_HEAD and found.get(_LM_HEAD) is None:
-            source = _EMBEDDING  # see `optional` above
-        targets.setdefault(source, []).append((entry, shape))
-    dtype = np.dtype(config.storage_dtype)
+
+def _read_tensors(locations, targets, tolerated, describe, config, dtype):
+    """Reads the checkpoint's files one tensor at a time.
+
+    Returns:
+      (our flat parameters, path -> array; the tolerated copies of the embedding, HF
+      name -> array), every tensor checked to be finite.
+    """
     flat_params: dict[tuple[str, ...], np.ndarray] = {}
     copies: dict[str, np.ndarray] = {}
     for file_path, names in _group_by_file(locations).items():
@@ -358,8 +379,11 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
                 elif name in tolerated and name not in _IGNORED:
                     copies[name] = f.get_tensor(name)
                     _check_finite(copies[name], name, describe(name))
+    return flat_params, copies
 
-    embedding = flat_params[("token_embedder", "embedding")]
+
+def _check_embedding_copies(embedding: np.ndarray, copies, dtype, describe) -> None:
+    """Raises unless every stored copy of the embedding (HF name -> array) equals it."""
     for name, value in copies.items():
         if not np.array_equal(np.asarray(value, dtype), embedding):
             if name == _LM_HEAD:
@@ -373,7 +397,6 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
                 f"{name} in {describe(name)} differs from {_EMBEDDING}; separate input "
                 "embeddings for the encoder and decoder are not supported"
             )
-    return config, _unflatten(flat_params)
 
 
 def save_t5(
@@ -402,6 +425,26 @@ def save_t5(
       ValueError: `params` does not match `config` (names the tensor and both shapes).
     """
     directory = os.fspath(directory)
+    ours = _checked_flat_params(config, params)
+    out_dtype = jnp.dtype(dtype)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name in (WEIGHTS_NAME, INDEX_NAME) or _SHARD_PATTERN.fullmatch(name):
+            os.remove(os.path.join(directory, name))
+    hf_config = config_to_hf(config)
+    hf_config["dtype"] = str(out_dtype)
+    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    _write_tensors(directory, _entries(config), ours, out_dtype, _parse_size(max_shard_size))
+
+
+def _checked_flat_params(config: t5.T5Config, params: PyTree) -> dict[tuple[str, ...], np.ndarray]:
+    """`params` on the host as path -> array, after checking them against `config`.
+
+    Raises:
+      ValueError: naming every missing, unexpected or mis-shaped parameter.
+    """
     params = jax.device_get(params)
     ours = {
         _path_of(kp): np.asarray(v) for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -425,30 +468,23 @@ def save_t5(
     ]
     if problems:
         raise ValueError("params do not match the config:\n  " + "\n  ".join(problems))
+    return ours
 
-    out_dtype = jnp.dtype(dtype)
-    entries = _entries(config)
+
+def _write_tensors(directory: str, entries: list[_Entry], ours, out_dtype, max_bytes: Optional[int]) -> None:
+    """Writes the HF tensors of `entries` as one safetensors file, or as shards of at
+    most `max_bytes` with an index when they exceed it."""
 
     def hf_tensor(e: _Entry) -> np.ndarray:
         value = ours[e.path] if e.layer is None else ours[e.path][e.layer]
         return np.ascontiguousarray(value.T if e.transpose else value, out_dtype)
-
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
-        if name in (WEIGHTS_NAME, INDEX_NAME) or _SHARD_PATTERN.fullmatch(name):
-            os.remove(os.path.join(directory, name))
-    hf_config = config_to_hf(config)
-    hf_config["dtype"] = str(out_dtype)
-    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-        f.write("\n")
 
     # Shards are planned from sizes and converted one at a time, so the extra host
     # memory is one shard, not a second copy of the model.
     sizes = [
         math.prod(ours[e.path].shape[e.layer is not None:]) * out_dtype.itemsize for e in entries
     ]
-    shards = _plan_shards(sizes, _parse_size(max_shard_size))
+    shards = _plan_shards(sizes, max_bytes)
     # HF refuses safetensors files whose metadata does not name a framework.
     metadata = {"format": "pt"}
     if len(shards) == 1:

@@ -7,11 +7,11 @@ judges need) ride along in `ArrayDataset.meta`.
 """
 
 import logging
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from nlhf_jax import input_pipeline
+from nlhf_jax.data import input_pipeline
 from nlhf_jax import types
 from nlhf_jax.data import jsonl
 from nlhf_jax.data import templates
@@ -21,6 +21,7 @@ from nlhf_jax.data import templates
 # documented rule and counted.
 WORLD_INPUT_LEN = 96
 WORLD_TARGET_LEN = 32
+IdRows = Any  # int array [B, L] or a list of id lists; EOS ends a row, 0 pads
 
 
 def encode_texts(vocabulary, texts: Sequence[str], length: int, what: str) -> np.ndarray:
@@ -37,20 +38,51 @@ def encode_texts(vocabulary, texts: Sequence[str], length: int, what: str) -> np
     return out
 
 
-def decode_tokens(vocabulary, tokens: np.ndarray, lengths: Optional[np.ndarray] = None) -> list[str]:
-    """Token rows (EOS / padding ends a row) -> texts."""
-    texts = []
-    for i, row in enumerate(np.asarray(tokens)):
-        n = int(lengths[i]) if lengths is not None else len(row)
-        row = [int(t) for t in row[:n] if t not in (types.PAD_ID,)]
-        if types.EOS_ID in row:
-            row = row[: row.index(types.EOS_ID)]
-        texts.append(vocabulary.decode(row))
-    return texts
+def decode_tokens(vocabulary, tokens: IdRows, lengths: Optional[np.ndarray] = None) -> list[str]:
+    """Token rows -> texts: the project's one decoding helper.
+
+    Each row is cut to its length (when `lengths` is given), then at its first EOS,
+    with padding dropped (`strip_ids`), and decoded.
+
+    Args:
+      vocabulary: anything with ``decode(ids) -> str``: a seqio vocabulary, or a
+        `pairwise.Tokenizer` (a SentencePiece model without seqio).
+      tokens: int array [B, L], or a list of id lists (of any lengths).
+      lengths: int [B], or None (whole rows).
+    """
+    rows = tokens if isinstance(tokens, (list, tuple)) else np.asarray(tokens)
+    if lengths is not None:
+        rows = [row[: int(lengths[i])] for i, row in enumerate(rows)]
+    return [vocabulary.decode(strip_ids(row)) for row in rows]
 
 
-def _prompt_texts(records) -> list[str]:
-    return [templates.tldr_prompt(r["subreddit"], r["title"], r["post"]) for r in records]
+def strip_ids(row: Sequence[int]) -> list[int]:
+    """Token ids up to the first EOS, padding removed."""
+    out = []
+    for t in row:
+        t = int(t)
+        if t == types.EOS_ID:
+            break
+        if t != types.PAD_ID:
+            out.append(t)
+    return out
+
+
+def _read(read_fn, path, max_examples: Optional[int], skip_invalid: bool) -> list[dict]:
+    """The first `max_examples` records (all if None or 0) of a `jsonl` reader."""
+    records, _ = read_fn(path, skip_invalid=skip_invalid)
+    return records[:max_examples] if max_examples else records
+
+
+def _encoded_prompts(vocabulary, records, input_len: int, path) -> np.ndarray:
+    """The records' TL;DR prompts as int32 [N, input_len]."""
+    texts = [templates.tldr_prompt(r["subreddit"], r["title"], r["post"]) for r in records]
+    return encode_texts(vocabulary, texts, input_len, f"{path}: prompts")
+
+
+def _post_meta(records) -> dict[str, list]:
+    """The metadata every dataset of posts carries: post ids and texts."""
+    return {"ids": [r["id"] for r in records], "posts": [r["post"] for r in records]}
 
 
 def sft_dataset(
@@ -62,13 +94,11 @@ def sft_dataset(
     skip_invalid: bool = False,
 ) -> input_pipeline.ArrayDataset:
     """(prompt, summary) pairs from TL;DR-format JSONL as encoder-decoder features."""
-    records, _ = jsonl.read_sft(path, skip_invalid=skip_invalid)
-    records = records[:max_examples] if max_examples else records
-    inputs = encode_texts(vocabulary, _prompt_texts(records), input_len, f"{path}: prompts")
+    records = _read(jsonl.read_sft, path, max_examples, skip_invalid)
+    inputs = _encoded_prompts(vocabulary, records, input_len, path)
     targets = encode_texts(vocabulary, [r["summary"] for r in records], target_len, f"{path}: summaries")
     ds = input_pipeline.ArrayDataset(input_pipeline.seq2seq_features(inputs, targets), name=path)
-    ds.meta = {"ids": [r["id"] for r in records], "posts": [r["post"] for r in records],
-               "summaries": [r["summary"] for r in records]}
+    ds.meta = _post_meta(records) | {"summaries": [r["summary"] for r in records]}
     return ds
 
 
@@ -80,21 +110,24 @@ def prompt_dataset(
     skip_invalid: bool = False,
 ) -> input_pipeline.ArrayDataset:
     """Prompts (posts without summaries): feature `prompts` int32 [N, input_len]."""
-    records, _ = jsonl.read_prompts(path, skip_invalid=skip_invalid)
-    records = records[:max_examples] if max_examples else records
-    prompts = encode_texts(vocabulary, _prompt_texts(records), input_len, f"{path}: prompts")
-    ds = input_pipeline.ArrayDataset({"prompts": prompts}, name=path)
-    ds.meta = {"ids": [r["id"] for r in records], "posts": [r["post"] for r in records]}
+    records = _read(jsonl.read_prompts, path, max_examples, skip_invalid)
+    ds = input_pipeline.ArrayDataset(
+        {"prompts": _encoded_prompts(vocabulary, records, input_len, path)}, name=path
+    )
+    ds.meta = _post_meta(records)
     return ds
 
 
-def _world(data_dir: Optional[str], seed: int):
+def _world(kind: str, split: str, data_dir: Optional[str], seed: int):
+    """(path or paths of the world's `kind` files of `split`, "+"-joined splits
+    allowed; the world's vocabulary), generating the world on first use."""
     from nlhf_jax.data import vocab
     from nlhf_jax.data.world import generator
 
     config = generator.WorldConfig(seed=seed)
     data_dir = generator.ensure_world(data_dir or generator.default_data_dir(seed), config)
-    return data_dir, vocab.world_vocabulary(data_dir)
+    paths = [generator.split_path(data_dir, kind, s) for s in split.split("+")]
+    return paths if len(paths) > 1 else paths[0], vocab.world_vocabulary(data_dir)
 
 
 def world_sft(
@@ -108,12 +141,8 @@ def world_sft(
     """The embedded world's SFT pairs (generated on first use). Gin-friendly.
 
     `split` may join several with "+", e.g. "valid+test" (1,000 held-out posts)."""
-    from nlhf_jax.data.world import generator
-
-    data_dir, vocabulary = _world(data_dir, seed)
-    paths = [generator.split_path(data_dir, "sft", s) for s in split.split("+")]
-    return sft_dataset(paths if len(paths) > 1 else paths[0], vocabulary, input_len, target_len,
-                       max_examples=max_examples)
+    path, vocabulary = _world("sft", split, data_dir, seed)
+    return sft_dataset(path, vocabulary, input_len, target_len, max_examples=max_examples)
 
 
 def world_prompts(
@@ -124,9 +153,5 @@ def world_prompts(
     input_len: int = WORLD_INPUT_LEN,
 ) -> input_pipeline.ArrayDataset:
     """The embedded world's prompts (train: fresh posts; valid/test: held-out SFT posts)."""
-    from nlhf_jax.data.world import generator
-
-    data_dir, vocabulary = _world(data_dir, seed)
-    paths = [generator.split_path(data_dir, "prompts", s) for s in split.split("+")]
-    return prompt_dataset(paths if len(paths) > 1 else paths[0], vocabulary, input_len,
-                          max_examples=max_examples)
+    path, vocabulary = _world("prompts", split, data_dir, seed)
+    return prompt_dataset(path, vocabulary, input_len, max_examples=max_examples)

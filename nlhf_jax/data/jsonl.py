@@ -242,114 +242,10 @@ def _read(
     report = ReadReport(paths=resolve_paths(spec), max_post_words=max_post_words)
     if known_splits is not None and keep_splits is not None:
         known_splits = known_splits | keep_splits
-    records: list[dict] = []
-    first_seen: dict[Any, str] = {}
-    first_skip: dict[str, str] = {}  # file -> its first skip message
-
-    def skip(e: DataError, path: str, n: int = 1, example: bool = True) -> None:
-        report.skipped[e.kind] += n
-        report.skipped_by_file[path] += n
-        first_skip.setdefault(path, str(e))
-        if example and len(report.examples) < _MAX_EXAMPLES:
-            report.examples.append(str(e))
-
+    reader = _Reader(report, parse, skip_invalid, keep_splits, known_splits)
     for path in report.paths:
-        n_file_lines = 0
-        splits: collections.Counter = collections.Counter()
-        # (kind, what) -> [first line, rows]; `what` names the value in messages.
-        unknown: dict[tuple[str, str], list[int]] = {}
-        # Bytes, decoded per line: one undecodable line must not end (or, skipped,
-        # take the rest of the file with it) the read; it is reported like any other.
-        with open(path, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    text, decode_error = raw.decode("utf-8"), None
-                except UnicodeDecodeError as e:
-                    text, decode_error = None, e
-                if text is not None and not text.strip():
-                    continue
-                n_file_lines += 1
-                report.n_lines += 1
-                try:
-                    if decode_error is not None:
-                        e = decode_error
-                        raise DataError(
-                            path, line_no,
-                            f"not valid UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at "
-                            f"byte {e.start + 1} of the line)",
-                            "not UTF-8",
-                        )  # fmt: skip
-                    try:
-                        obj = json.loads(text)
-                    except json.JSONDecodeError as e:
-                        raise DataError(path, line_no, f"not valid JSON ({e.msg})", "not JSON")
-                    if not isinstance(obj, dict):
-                        raise DataError(path, line_no, "not a JSON object", "not an object")
-                    if "split" in obj:
-                        splits[_split_label(obj["split"])] += 1
-                    problem = None
-                    if known_splits is not None:
-                        problem = _split_problem(obj, known_splits, keep_splits is not None)
-                    if problem is not None:
-                        unknown.setdefault(problem, [line_no, 0])[1] += 1
-                        if keep_splits is not None:
-                            # Never returned: an error, or skipped, once the file is
-                            # counted (below).
-                            report.n_lines -= 1
-                            continue
-                    elif keep_splits is not None and obj.get("split") not in keep_splits:
-                        report.n_lines -= 1  # another split: filtered, not an error
-                        continue
-                    record, key, what = parse(obj, path, line_no)
-                    if key in first_seen:
-                        raise DataError(
-                            path, line_no,
-                            f"duplicate {what} (first seen at {first_seen[key]})",
-                            "duplicate id",
-                        )  # fmt: skip
-                    first_seen[key] = f"{path}:{line_no}"
-                except DataError as e:
-                    if not skip_invalid:
-                        raise
-                    skip(e, path)
-                    continue
-                if max_post_words is not None and "post" in record:
-                    record["post"], cut = _truncate(record["post"], max_post_words)
-                    report.truncated["post"] += int(cut)
-                records.append(record)
-                report.kept_by_file[path] += 1
-
-        if splits:
-            report.split_counts[path] = splits
-        if unknown:
-            expected = "expected one of " + ", ".join(sorted(known_splits))
-            # In order of first occurrence.
-            found = [
-                (kind, first, f"{what} in {_rows(n)} (first at line {first})", n)
-                for (kind, what), (first, n) in unknown.items()
-            ]
-            if keep_splits is not None and not skip_invalid:
-                kind, first, problem, _ = found[0]
-                also = "".join(f"; also {p}" for _, _, p, _ in found[1:])
-                raise DataError(path, first, f"{problem}{also}; {expected}", kind)
-            for kind, first, problem, n in found:
-                if keep_splits is None:  # the file is taken whole: kept, only reported
-                    report.warnings.append(str(DataError(
-                        path, first, f"{problem}; {expected} (rows kept: no split filter)", kind
-                    )))  # fmt: skip
-                    continue
-                e = DataError(path, first, f"{problem}; {expected} (rows skipped)", kind)
-                report.n_lines += n  # skipped rows, counted like other bad lines
-                skip(e, path, n, example=False)
-                report.warnings.append(str(e))
-        if n_file_lines == 0:
-            raise DataError(path, None, "no records (the file is empty or blank)", "empty file")
-        if report.skipped_by_file[path] == n_file_lines:
-            lines = "its only line" if n_file_lines == 1 else f"all {n_file_lines} lines"
-            raise DataError(
-                path, None, f"no valid records; {lines} skipped (e.g. {first_skip[path]})",
-                "empty file",
-            )  # fmt: skip
+        reader.read_file(path)
+    records = reader.records
     if not records:
         # Every file has records, so the split filter left nothing: say what there is.
         every = sum(report.split_counts.values(), collections.Counter())
@@ -367,8 +263,155 @@ def _read(
     return records, report
 
 
+class _Reader:
+    """The state of one `_read`: the records kept so far, the report, duplicate keys."""
+
+    def __init__(self, report: ReadReport, parse, skip_invalid: bool,
+                 keep_splits: Optional[frozenset], known_splits: Optional[frozenset]):  # fmt: skip
+        self.report, self.parse, self.skip_invalid = report, parse, skip_invalid
+        self.keep_splits, self.known_splits = keep_splits, known_splits
+        self.records: list[dict] = []
+        self.first_seen: dict[Any, str] = {}
+        self.first_skip: dict[str, str] = {}  # file -> its first skip message
+
+    def skip(self, e: DataError, path: str, n: int = 1, example: bool = True) -> None:
+        """Counts `n` skipped lines of `path` (the report keeps the first examples)."""
+        report = self.report
+        report.skipped[e.kind] += n
+        report.skipped_by_file[path] += n
+        self.first_skip.setdefault(path, str(e))
+        if example and len(report.examples) < _MAX_EXAMPLES:
+            report.examples.append(str(e))
+
+    def read_file(self, path: str) -> None:
+        """Reads one file: its records, counts, unknown splits and emptiness checks."""
+        n_file_lines = 0
+        splits: collections.Counter = collections.Counter()
+        # (kind, what) -> [first line, rows]; `what` names the value in messages.
+        unknown: dict[tuple[str, str], list[int]] = {}
+        # Bytes, decoded per line: one undecodable line must not end (or, skipped,
+        # take the rest of the file with it) the read; it is reported like any other.
+        with open(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    text, decode_error = raw.decode("utf-8"), None
+                except UnicodeDecodeError as e:
+                    text, decode_error = None, e
+                if text is not None and not text.strip():
+                    continue
+                n_file_lines += 1
+                self.report.n_lines += 1
+                try:
+                    record = self._record(path, line_no, raw, text, decode_error, splits, unknown)
+                except DataError as e:
+                    if not self.skip_invalid:
+                        raise
+                    self.skip(e, path)
+                    continue
+                if record is not None:
+                    self._keep(path, record)
+        if splits:
+            self.report.split_counts[path] = splits
+        if unknown:
+            self._unknown_splits(path, unknown)
+        self._check_not_empty(path, n_file_lines)
+
+    def _record(self, path, line_no, raw, text, decode_error, splits, unknown) -> Optional[dict]:
+        """The line's record; None when the split filter drops it (or drops it until
+        the file has been counted: see `_unknown_splits`). Raises `DataError`."""
+        if decode_error is not None:
+            e = decode_error
+            raise DataError(
+                path, line_no,
+                f"not valid UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at "
+                f"byte {e.start + 1} of the line)",
+                "not UTF-8",
+            )  # fmt: skip
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(path, line_no, f"not valid JSON ({e.msg})", "not JSON")
+        if not isinstance(obj, dict):
+            raise DataError(path, line_no, "not a JSON object", "not an object")
+        if "split" in obj:
+            splits[_split_label(obj["split"])] += 1
+        problem = None
+        if self.known_splits is not None:
+            problem = _split_problem(obj, self.known_splits, self.keep_splits is not None)
+        if problem is not None:
+            unknown.setdefault(problem, [line_no, 0])[1] += 1
+            if self.keep_splits is not None:
+                # Never returned: an error, or skipped, once the file is counted.
+                self.report.n_lines -= 1
+                return None
+        elif self.keep_splits is not None and obj.get("split") not in self.keep_splits:
+            self.report.n_lines -= 1  # another split: filtered, not an error
+            return None
+        record, key, what = self.parse(obj, path, line_no)
+        if key in self.first_seen:
+            raise DataError(
+                path, line_no,
+                f"duplicate {what} (first seen at {self.first_seen[key]})",
+                "duplicate id",
+            )  # fmt: skip
+        self.first_seen[key] = f"{path}:{line_no}"
+        return record
+
+    def _keep(self, path: str, record: dict) -> None:
+        max_words = self.report.max_post_words
+        if max_words is not None and "post" in record:
+            record["post"], cut = _truncate(record["post"], max_words)
+            self.report.truncated["post"] += int(cut)
+        self.records.append(record)
+        self.report.kept_by_file[path] += 1
+
+    def _unknown_splits(self, path: str, unknown: dict[tuple[str, str], list[int]]) -> None:
+        """Unknown split values of one file: an error when filtering (unless
+        skip_invalid: then skipped and counted), else kept and reported."""
+        expected = "expected one of " + ", ".join(sorted(self.known_splits))
+        # In order of first occurrence.
+        found = [
+            (kind, first, f"{what} in {_rows(n)} (first at line {first})", n)
+            for (kind, what), (first, n) in unknown.items()
+        ]
+        if self.keep_splits is not None and not self.skip_invalid:
+            kind, first, problem, _ = found[0]
+            also = "".join(f"; also {p}" for _, _, p, _ in found[1:])
+            raise DataError(path, first, f"{problem}{also}; {expected}", kind)
+        for kind, first, problem, n in found:
+            if self.keep_splits is None:  # the file is taken whole: kept, only reported
+                self.report.warnings.append(str(DataError(
+                    path, first, f"{problem}; {expected} (rows kept: no split filter)", kind
+                )))  # fmt: skip
+                continue
+            e = DataError(path, first, f"{problem}; {expected} (rows skipped)", kind)
+            self.report.n_lines += n  # skipped rows, counted like other bad lines
+            self.skip(e, path, n, example=False)
+            self.report.warnings.append(str(e))
+
+    def _check_not_empty(self, path: str, n_file_lines: int) -> None:
+        if n_file_lines == 0:
+            raise DataError(path, None, "no records (the file is empty or blank)", "empty file")
+        if self.report.skipped_by_file[path] == n_file_lines:
+            lines = "its only line" if n_file_lines == 1 else f"all {n_file_lines} lines"
+            raise DataError(
+                path, None, f"no valid records; {lines} skipped (e.g. {self.first_skip[path]})",
+                "empty file",
+            )  # fmt: skip
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _post_record(obj: dict, path: str, line: int) -> dict:
+    """The post fields of a TL;DR-style line: ``id, subreddit, title, post``."""
+    return {
+        "id": _id(obj, "id", path, line),
+        "subreddit": _text(obj, "subreddit", path, line, allow_empty=True),
+        "title": _text(obj, "title", path, line, allow_empty=True),
+        "post": _text(obj, "post", path, line),
+    }
 
 
 def read_sft(
@@ -397,13 +440,8 @@ def read_sft(
     """
 
     def parse(obj, path, line):
-        rec = {
-            "id": _id(obj, "id", path, line),
-            "subreddit": _text(obj, "subreddit", path, line, allow_empty=True),
-            "title": _text(obj, "title", path, line, allow_empty=True),
-            "post": _text(obj, "post", path, line),
-            "summary": _text(obj, "summary", path, line),
-        }
+        rec = _post_record(obj, path, line)
+        rec["summary"] = _text(obj, "summary", path, line)
         return rec, (rec["id"],), f"id {rec['id']!r}"
 
     return _read(spec, parse, skip_invalid=skip_invalid, max_post_words=max_post_words,
@@ -420,12 +458,7 @@ def read_prompts(
     """Reads prompt lines (``id, subreddit, title, post``); args as `read_sft`."""
 
     def parse(obj, path, line):
-        rec = {
-            "id": _id(obj, "id", path, line),
-            "subreddit": _text(obj, "subreddit", path, line, allow_empty=True),
-            "title": _text(obj, "title", path, line, allow_empty=True),
-            "post": _text(obj, "post", path, line),
-        }
+        rec = _post_record(obj, path, line)
         return rec, (rec["id"],), f"id {rec['id']!r}"
 
     return _read(spec, parse, skip_invalid=skip_invalid, max_post_words=max_post_words,

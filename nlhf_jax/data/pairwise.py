@@ -31,12 +31,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from nlhf_jax import input_pipeline
+from nlhf_jax.data import input_pipeline
 from nlhf_jax import types
+from nlhf_jax.data import arrays
 from nlhf_jax.data import jsonl
 from nlhf_jax.data import templates
 
-IdRows = Sequence[Sequence[int]]
+IdRows = arrays.IdRows
 PREFERENCE, REWARD = "preference", "reward"
 JUDGE_FILE = "judge.json"
 VOCAB_FILE = "spiece.model"
@@ -180,9 +181,10 @@ class Tokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(ids) for ids in self.sp.encode(list(texts))] if texts else []
 
-    def decode(self, rows: IdRows) -> list[str]:
-        """Id rows (EOS ends a row, padding is dropped) -> texts."""
-        return [self.sp.decode(strip_ids(r)) for r in rows]
+    def decode(self, ids: Sequence[int]) -> str:
+        """One row of ids -> text, like a seqio vocabulary's `decode`; rows of a batch,
+        with their EOS and padding, go through `arrays.decode_tokens`."""
+        return self.sp.decode([int(t) for t in ids])
 
     def piece_id(self, text: str) -> int:
         """The id of the single piece that `text` encodes to.
@@ -201,29 +203,6 @@ class Tokenizer:
                 f"(it encodes to {pieces}); choose another InputFormat.target_token"
             )
         return int(ids[0])
-
-
-def decode_rows(vocabulary: Any, rows: IdRows) -> list[str]:
-    """Id rows of `vocabulary` (EOS ends a row, padding is dropped) -> texts.
-
-    A seqio vocabulary decodes itself (it knows its extra ids); anything else goes
-    through `Tokenizer`.
-    """
-    if isinstance(vocabulary, (Tokenizer, bytes, str, os.PathLike)):
-        return Tokenizer(vocabulary).decode(rows)
-    return [vocabulary.decode(strip_ids(r)) for r in rows]
-
-
-def strip_ids(row: Sequence[int]) -> list[int]:
-    """Token ids up to the first EOS, padding removed."""
-    out = []
-    for t in row:
-        t = int(t)
-        if t == types.EOS_ID:
-            break
-        if t != types.PAD_ID:
-            out.append(t)
-    return out
 
 
 class PairEncoder:
@@ -302,9 +281,9 @@ class PairEncoder:
         out = np.zeros((n, fmt.max_input_len + fmt.decoder_len), np.int32)
         encoder_fields = {v for k, v in self._layout if k == "field"}
         for b in range(n):
-            fields = {"prompt": strip_ids(prompt_ids[b]), "y": strip_ids(y_ids[b])}
+            fields = {"prompt": arrays.strip_ids(prompt_ids[b]), "y": arrays.strip_ids(y_ids[b])}
             if y_alt_ids is not None:
-                fields["y_alt"] = strip_ids(y_alt_ids[b])
+                fields["y_alt"] = arrays.strip_ids(y_alt_ids[b])
             for name in ("y", "y_alt"):
                 if name in fields and len(fields[name]) > fmt.max_summary_len:
                     fields[name] = fields[name][: fmt.max_summary_len]
@@ -494,8 +473,8 @@ def read_comparison_texts(
     if world_dir:
         from nlhf_jax.data.world import raters
 
-        judge = raters.Judge.for_world(world_dir)
-        texts.p_star = np.asarray(judge.preference(texts.posts, texts.ys, texts.ys_alt))
+        panel = raters.RaterPanel.for_world(world_dir)
+        texts.p_star = np.asarray(panel.prob(texts.posts, texts.ys, texts.ys_alt))
         if labels == "p_star":
             texts.labels = texts.p_star.copy()
     return texts

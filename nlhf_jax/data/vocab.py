@@ -1,72 +1,22 @@
-"""SentencePiece vocabularies: the world's own, trained here, and users' T5 models.
+"""seqio vocabularies: the world's own and users' T5 models.
 
 Why this module exists: the default T5 vocabulary lives on a cloud bucket that a
 fresh machine cannot reach, and the embedded world needs no 32k-piece vocabulary
-anyway. So the project trains a small SentencePiece model on the world's corpus,
-deterministically (one thread, fixed seed, no input sampling or shuffling), in the T5
-id layout (pad 0, eos 1, unk 2, no bos), so that the same code paths serve the world
-and real T5 checkpoints. Real-data tasks take the path of a user's ``spiece.model``.
+anyway. So the world generator trains a small SentencePiece model on the world's
+corpus, in the T5 id layout (`world/vocab_training.py`), so that the same code paths
+serve the world and real T5 checkpoints; this module opens it (generating the world
+first if needed) as a seqio vocabulary. Real-data tasks take the path of a user's
+``spiece.model``.
 """
 
-import io
 import os
-from typing import TYPE_CHECKING, Iterable, Optional
-
-import sentencepiece as spm
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import seqio
 
 # seqio imports TensorFlow (seconds). Generating the world and training its
 # tokenizer need neither, so seqio is imported only when a seqio vocabulary is built.
-
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-
-
-def train_sentencepiece(
-    lines: Iterable[str],
-    model_path: str,
-    *,
-    vocab_size: int = 512,
-    seed: int = 0,
-    user_symbols: Iterable[str] = (),
-) -> str:
-    """Trains a unigram SentencePiece model; same inputs give a byte-identical file.
-
-    Args:
-      lines: training sentences (the whole corpus is used, in the given order).
-      model_path: where to write the ``.model`` file (parent directories are made).
-      vocab_size: at most this many pieces, including pad/eos/unk (a small corpus
-        may support fewer: the limit is soft).
-      seed: SentencePiece's random seed.
-      user_symbols: strings that must always be single pieces.
-
-    Returns:
-      `model_path`.
-    """
-    spm.set_random_generator_seed(seed)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(lines)),
-        model_writer=model,
-        model_type="unigram",
-        vocab_size=vocab_size,
-        pad_id=PAD_ID,
-        eos_id=EOS_ID,
-        unk_id=UNK_ID,
-        bos_id=-1,
-        character_coverage=1.0,
-        num_threads=1,
-        input_sentence_size=0,
-        shuffle_input_sentence=False,
-        user_defined_symbols=list(user_symbols),
-        hard_vocab_limit=False,  # a closed world has fewer pieces than asked for
-        minloglevel=2,
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    with open(model_path, "wb") as f:
-        f.write(model.getvalue())
-    return model_path
 
 
 def sentencepiece_vocabulary(path: str, extra_ids: int = 0) -> "seqio.SentencePieceVocabulary":
@@ -104,9 +54,9 @@ def world_vocabulary(
     """
     import seqio
 
-    from nlhf_jax.data.world import generator  # the world imports this module
+    from nlhf_jax.data.world import generator
 
-    existing = data_dir and os.path.exists(os.path.join(data_dir, "world.json"))
+    existing = data_dir and os.path.exists(os.path.join(data_dir, generator.WORLD_FILE))
     if config is not None or not existing:
         data_dir = generator.ensure_world(data_dir, config)
     return seqio.SentencePieceVocabulary(generator.vocab_path(data_dir))

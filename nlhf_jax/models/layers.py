@@ -37,6 +37,12 @@ def _truncated_normal_fan_in(scale: float = 1.0):
     return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
 
+def _param(module: nn.Module, name: str, init: Callable, axes: tuple[str, ...], shape: tuple[int, ...]):
+    """A parameter of `module`, in its `param_dtype`, whose value carries the logical
+    axis names `axes` (the mesh layout is decided by the partitioning rules)."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, module.param_dtype)
+
+
 class RMSNorm(nn.Module):
     """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, statistics in float32.
 
@@ -53,12 +59,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """x: [..., D] -> [..., D]."""
-        scale = self.param(
-            "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, (types.EMBED,)),
-            (x.shape[-1],),
-            self.param_dtype,
-        )
+        scale = _param(self, "scale", nn.initializers.ones, (types.EMBED,), (x.shape[-1],))
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(var + self.epsilon)
@@ -74,13 +75,9 @@ class Embed(nn.Module):
     param_dtype: DType = jnp.float32
 
     def setup(self):
-        self.embedding = self.param(
-            "embedding",
-            nn.with_logical_partitioning(
-                nn.initializers.normal(stddev=1.0), (types.VOCAB, types.EMBED)
-            ),
+        self.embedding = _param(
+            self, "embedding", nn.initializers.normal(stddev=1.0), (types.VOCAB, types.EMBED),
             (self.num_embeddings, self.features),
-            self.param_dtype,
         )
 
     def __call__(self, tokens: Array) -> Array:
@@ -106,12 +103,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """x: [..., D_in] -> [..., features]."""
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-            (x.shape[-1], self.features),
-            self.param_dtype,
-        )
+        kernel = _param(self, "kernel", self.kernel_init, self.kernel_axes, (x.shape[-1], self.features))
         return jnp.einsum("...d,df->...f", x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -174,13 +166,9 @@ class RelativePositionBias(nn.Module):
         Returns:
           [1, H, Q, K] bias added to the attention logits.
         """
-        table = self.param(
-            "rel_embedding",
-            nn.with_logical_partitioning(
-                _truncated_normal_fan_in(), (types.RELPOS_BUCKETS, types.HEADS)
-            ),
+        table = _param(
+            self, "rel_embedding", _truncated_normal_fan_in(), (types.RELPOS_BUCKETS, types.HEADS),
             (self.num_buckets, self.num_heads),
-            self.param_dtype,
         )
         rel = key_positions[None, :] - query_positions[:, None]
         bucket = relative_position_bucket(
@@ -255,37 +243,16 @@ class MultiHeadAttention(nn.Module):
         value = self._proj("value", inner, ax_in, 1.0)
         out = self._proj("out", d_model, (types.JOINED_KV, types.EMBED), 1.0)
 
-        def split(x):  # [B, L, H*Dh] -> [B, L, H, Dh]
-            return x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
-
-        q = split(query(inputs_q))
+        q = self._split_heads(query(inputs_q))
         if decode and cross:
-            # Created (from the encoder output) on the cache-initialising call only.
-            k_var = self.variable("cache", "cached_key", lambda: split(key(inputs_kv)))
-            v_var = self.variable("cache", "cached_value", lambda: split(value(inputs_kv)))
-            k, v = k_var.value, v_var.value
+            k, v = self._cross_cache(key, value, inputs_kv)
         elif decode:
-            # Self-attention with a fixed-size cache [B, cache_len, H, Dh]: every call
-            # (one query position) writes its key/value at `decode_index`; the call that
-            # creates the cache (see `nlhf_jax.decoding.init_cache`) writes position 0,
-            # which the first real step then overwrites.
             if inputs_q.shape[1] != 1:
                 raise ValueError(f"a decode step takes one position per row, got {inputs_q.shape}")
-            k_new = split(key(inputs_kv))
-            v_new = split(value(inputs_kv))
-            if not self.has_variable("cache", "cached_key") and not cache_len:
-                raise ValueError("creating a decode cache needs cache_len > 0")
-            shape = (k_new.shape[0], cache_len) + k_new.shape[2:]
-            k_var = self.variable("cache", "cached_key", jnp.zeros, shape, k_new.dtype)
-            v_var = self.variable("cache", "cached_value", jnp.zeros, shape, v_new.dtype)
-            zero = jnp.zeros((), jnp.int32)
-            idx = (zero, decode_index.astype(jnp.int32), zero, zero)
-            k_var.value = jax.lax.dynamic_update_slice(k_var.value, k_new, idx)
-            v_var.value = jax.lax.dynamic_update_slice(v_var.value, v_new, idx)
-            k, v = k_var.value, v_var.value
+            k, v = self._self_cache(key(inputs_kv), value(inputs_kv), decode_index, cache_len)
         else:
-            k = split(key(inputs_kv))
-            v = split(value(inputs_kv))
+            k = self._split_heads(key(inputs_kv))
+            v = self._split_heads(value(inputs_kv))
 
         q = nn.with_logical_constraint(q, (types.ACT_BATCH, types.ACT_LENGTH, types.ACT_HEADS, types.ACT_KV))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
@@ -299,6 +266,37 @@ class MultiHeadAttention(nn.Module):
         ctx = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         ctx = ctx.reshape(ctx.shape[:2] + (inner,))
         return out(ctx)
+
+    def _split_heads(self, x: Array) -> Array:
+        """[B, L, H*Dh] -> [B, L, H, Dh]."""
+        return x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+
+    def _cross_cache(self, key: nn.Module, value: nn.Module, inputs_kv: Optional[Array]):
+        """Cross-attention keys and values: projected from the encoder output on the
+        cache-initialising call only, then read from the cache."""
+        k_var = self.variable("cache", "cached_key", lambda: self._split_heads(key(inputs_kv)))
+        v_var = self.variable("cache", "cached_value", lambda: self._split_heads(value(inputs_kv)))
+        return k_var.value, v_var.value
+
+    def _self_cache(self, k_new: Array, v_new: Array, decode_index: Array, cache_len: int):
+        """Self-attention keys and values of all positions so far, from a fixed-size
+        cache [B, cache_len, H, Dh].
+
+        Every call (one query position) writes its key/value at `decode_index`; the
+        call that creates the cache (see `nlhf_jax.decoding.init_cache`) writes
+        position 0, which the first real step then overwrites.
+        """
+        k_new, v_new = self._split_heads(k_new), self._split_heads(v_new)
+        if not self.has_variable("cache", "cached_key") and not cache_len:
+            raise ValueError("creating a decode cache needs cache_len > 0")
+        shape = (k_new.shape[0], cache_len) + k_new.shape[2:]
+        k_var = self.variable("cache", "cached_key", jnp.zeros, shape, k_new.dtype)
+        v_var = self.variable("cache", "cached_value", jnp.zeros, shape, v_new.dtype)
+        zero = jnp.zeros((), jnp.int32)
+        idx = (zero, decode_index.astype(jnp.int32), zero, zero)
+        k_var.value = jax.lax.dynamic_update_slice(k_var.value, k_new, idx)
+        v_var.value = jax.lax.dynamic_update_slice(v_var.value, v_new, idx)
+        return k_var.value, v_var.value
 
 
 class MlpBlock(nn.Module):

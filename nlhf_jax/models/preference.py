@@ -9,18 +9,16 @@ rules as every other T5.
 
 * PM: P_phi(y > y' | x) = sigmoid(logit of the target token), the input holding x, y
   and y' (`data/pairwise.py`). A learned f is not antisymmetric, so the judge can score
-  both orders: (f(x, y, y') + 1 - f(x, y', y)) / 2 (`both_orders`), which is exactly
-  antisymmetric and 1/2 on y = y'.
+  both orders: (f(x, y, y') + 1 - f(x, y', y)) / 2 (`preference_math.both_orders`),
+  which is exactly antisymmetric and 1/2 on y = y'.
 * RM: r_phi(x, y) = the target token's logit itself, the input holding x and y;
-  P_BT(y > y' | x) = sigmoid(r(x, y) - r(x, y')).
+  P_BT(y > y' | x) = sigmoid(r(x, y) - r(x, y')) (`preference_math.bradley_terry`).
 """
 
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from nlhf_jax import types
 
@@ -99,30 +97,3 @@ def pair_logits(
     z = target_logits(network, params, both, target_token, decoder_len=decoder_len)
     return z[: inputs.shape[0]], z[inputs.shape[0]:]
 
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """float64 sigmoid written as (1 + tanh(z / 2)) / 2: odd in floating point, so
-    sigmoid(-z) = 1 - sigmoid(z) to one rounding and sigmoid(0) = 1/2 exactly."""
-    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(z, np.float64))
-
-
-def both_orders(p_forward: np.ndarray, p_backward: np.ndarray) -> np.ndarray:
-    """(f(x, y, y') + 1 - f(x, y', y)) / 2, written as 1/2 + (f - f_swapped) / 2.
-
-    The difference changes sign exactly when the orders are exchanged, so the result
-    is antisymmetric to one rounding and exactly 1/2 when both scores are equal.
-
-    Args:
-      p_forward: float [B], f(x, y, y').
-      p_backward: float [B], f(x, y', y).
-
-    Returns:
-      float64 [B].
-    """
-    d = np.asarray(p_forward, np.float64) - np.asarray(p_backward, np.float64)
-    return 0.5 + 0.5 * d
-
-
-def bradley_terry(r: np.ndarray, r_alt: np.ndarray) -> np.ndarray:
-    """P_BT(y > y') = sigmoid(r(y) - r(y')), float64 [B] (antisymmetric, 1/2 on ties)."""
-    return sigmoid(np.asarray(r, np.float64) - np.asarray(r_alt, np.float64))

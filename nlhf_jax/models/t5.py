@@ -104,10 +104,10 @@ def _constrain(x: Array) -> Array:
     return nn.with_logical_constraint(x, (types.ACT_BATCH, types.ACT_LENGTH, types.ACT_EMBED))
 
 
-class _Layer(nn.Module):
-    """One pre-norm T5 layer: self-attention, [cross-attention], feed-forward.
+class _LayerSettings(nn.Module):
+    """What a layer is built with, and so also a stack of them (`_Layer`, `_Stack`).
 
-    Carries `deterministic`, `decode` and `causal_only` as attributes (not call
+    Carries `deterministic`, `decode` and `cache_len` as attributes (not call
     arguments) so the layer can be scanned and rematerialised without static args.
     """
 
@@ -116,6 +116,15 @@ class _Layer(nn.Module):
     deterministic: bool
     decode: bool = False
     cache_len: int = 0
+
+    def layer_settings(self) -> dict:
+        """These attributes by name, to build a `_Layer` with."""
+        return dict(config=self.config, has_cross=self.has_cross, deterministic=self.deterministic,
+                    decode=self.decode, cache_len=self.cache_len)  # fmt: skip
+
+
+class _Layer(_LayerSettings):
+    """One pre-norm T5 layer: self-attention, [cross-attention], feed-forward."""
 
     @nn.compact
     def __call__(self, x, self_mask, self_bias, encoded, cross_mask, decode_index):
@@ -149,27 +158,20 @@ class _Layer(nn.Module):
         return x, None
 
 
-class _Stack(nn.Module):
-    """A stack of identical layers, plain, rematerialised and/or scanned."""
+class _Stack(_LayerSettings):
+    """A stack of `num_layers` identical layers, plain, rematerialised and/or scanned."""
 
-    config: T5Config
-    num_layers: int
-    has_cross: bool
-    deterministic: bool
-    decode: bool = False
-    cache_len: int = 0
+    num_layers: int = 1
 
     @nn.compact
     def __call__(self, x, self_mask, self_bias, encoded, cross_mask, decode_index):
+        """As `_Layer.__call__`, through every layer; returns x only."""
         cfg = self.config
         layer_cls = _Layer
         policy = _REMAT_POLICIES[cfg.remat_policy]
         if cfg.remat_policy != "none":
             layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not cfg.scan_layers)
-        kwargs = dict(
-            config=cfg, has_cross=self.has_cross, deterministic=self.deterministic,
-            decode=self.decode, cache_len=self.cache_len,
-        )
+        kwargs = self.layer_settings()
         args = (self_mask, self_bias, encoded, cross_mask, decode_index)
         if cfg.scan_layers:
             scanned = nn.scan(
@@ -211,8 +213,8 @@ class Encoder(nn.Module):
         mask = _encoder_mask(encoder_input_tokens)
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
         x = _constrain(x)
-        x = _Stack(cfg, cfg.num_encoder_layers, has_cross=False, deterministic=deterministic,
-                   name="stack")(x, mask, bias, None, None, None)
+        x = _Stack(cfg, has_cross=False, deterministic=deterministic,
+                   num_layers=cfg.num_encoder_layers, name="stack")(x, mask, bias, None, None, None)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, cfg.storage_dtype,
                            name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -275,9 +277,8 @@ class Decoder(nn.Module):
             self_mask = (pos[None, :] <= pos[:, None])[None, None]
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
         x = _constrain(x)
-        x = _Stack(cfg, cfg.num_decoder_layers, has_cross=self.has_cross,
-                   deterministic=deterministic, decode=decode, cache_len=cache_len,
-                   name="stack")(
+        x = _Stack(cfg, has_cross=self.has_cross, deterministic=deterministic, decode=decode,
+                   cache_len=cache_len, num_layers=cfg.num_decoder_layers, name="stack")(
             x, self_mask, bias, encoded, cross_mask, decode_index)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, cfg.storage_dtype,
                            name="decoder_norm")(x)

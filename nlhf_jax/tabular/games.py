@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nlhf_jax import preference_math
+
 # Type aliases. Shapes use C = contexts, n = responses, K = rater types.
 Array = np.ndarray
 PrefMatrix = np.ndarray  # [C, n, n], P[c, y, y'] = P(y > y' | x_c)
@@ -282,7 +284,7 @@ def bradley_terry(rewards: Array, ref: Array | None = None, name: str = "bt") ->
       name: game name.
     """
     r = np.atleast_2d(np.asarray(rewards, dtype=np.float64))
-    pref = _sigmoid(r[:, :, None] - r[:, None, :])
+    pref = preference_math.bradley_terry(r[:, :, None], r[:, None, :])
     return Game(pref, _ref_or_uniform(ref, r.shape[0], r.shape[1]), name=name)
 
 
@@ -405,7 +407,7 @@ def from_utilities(
     diff = u[:, :, :, None] - u[:, :, None, :]  # [C, K, n, n]
     hard = 0.5 * (1.0 + np.sign(diff))
     safe_t = np.where(temps > 0, temps, 1.0)[None, :, None, None]
-    soft = _sigmoid(diff / safe_t)
+    soft = preference_math.logistic_raters(u[:, :, :, None], u[:, :, None, :], safe_t)
     type_prefs = np.where((temps > 0)[None, :, None, None], soft, hard)
     return mixture(type_prefs, _normalise_weights(weights, c, k), ref=ref, name=name)
 
@@ -421,8 +423,3 @@ def _normalise_weights(weights: Array, contexts: int, types: int) -> Array:
         raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
     return w / w.sum(-1, keepdims=True)
 
-
-def _sigmoid(x: Array) -> Array:
-    # Evaluated via tanh so that large |x| neither overflows nor loses symmetry:
-    # sigmoid(x) + sigmoid(-x) == 1 to round-off, which keeps P antisymmetric.
-    return 0.5 * (1.0 + np.tanh(0.5 * x))

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nlhf_jax import preference_math
 from nlhf_jax.tabular import equilibrium as eq_lib
 from nlhf_jax.tabular import games as games_lib
 
@@ -373,9 +374,10 @@ def best_response_to_ref(game: games_lib.Game, tau: float) -> LogPolicy:
 
 def _bt_nll(r, pref, w):
     # Expected negative log-likelihood of BT on ordered pairs (y, y') ~ w with
-    # label "y wins" ~ Bernoulli(P[y, y']) (§2, BT model).
+    # label "y wins" ~ Bernoulli(P[y, y']) (§2, BT model): the logistic loss of the
+    # reward differences, in the solver's dtype.
     d = r[:, None] - r[None, :]
-    return -jnp.sum(w * (pref * jax.nn.log_sigmoid(d) + (1.0 - pref) * jax.nn.log_sigmoid(-d)))
+    return jnp.sum(w * preference_math.logistic_loss(d, pref, dtype=pref.dtype))
 
 
 def _bt_newton(pref, w, iters):
@@ -386,6 +388,7 @@ def _bt_newton(pref, w, iters):
     alphas = jnp.asarray(0.5 ** np.arange(20), pref.dtype)
 
     def body(_, r):
+        # The BT preference of `preference_math.bradley_terry`, on device (jax.nn.sigmoid).
         sig = jax.nn.sigmoid(r[:, None] - r[None, :])
         # d loss / d r_k = -sum_j (e_kj - e_jk) with e = w (P - sigmoid(r_i - r_j)).
         e = w * (pref - sig)

@@ -13,7 +13,8 @@ population, and on that matrix this module computes, with exact numerics:
 * Condorcet winners and preference cycles.
 
 It deliberately does not import the project's tabular package: the world only needs
-these few exact solvers, and keeping them here keeps the data layer self-contained.
+these few exact solvers, and keeping them here keeps the data layer self-contained
+(numpy only: the preference formulas come from `preference_math`).
 """
 
 import dataclasses
@@ -22,16 +23,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from nlhf_jax import preference_math
 from nlhf_jax.data.world import grammar, parser, raters, styles
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max())
     return z / z.sum()
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
 def bt_fit(P: np.ndarray, pair_weights: np.ndarray, tol: float = 1e-12) -> np.ndarray:
@@ -52,7 +50,7 @@ def bt_fit(P: np.ndarray, pair_weights: np.ndarray, tol: float = 1e-12) -> np.nd
     marginal = W.sum(1)
     r = np.zeros(len(P))
     for _ in range(200):
-        s = _sigmoid(r[:, None] - r[None, :])
+        s = preference_math.bradley_terry(r[:, None], r[None, :])
         grad = 2.0 * (W * (P - s)).sum(1)
         h = 2.0 * W * s * (1.0 - s)
         hess = h - np.diag(h.sum(1)) - 1e-9 * np.eye(len(P)) - np.outer(marginal, marginal)
@@ -194,8 +192,8 @@ def measure_type_game(
                 texts.append(styles.render_summary(r, post, style, quality))
     u = population.utilities(parser.featurize(infos, texts))  # [K, n_posts * n_types]
     u = u.reshape(len(population.types), n_posts, n_types)
-    d = (u[:, :, :, None] - u[:, :, None, :]) / population.temperatures[:, None, None, None]
-    by_type = _sigmoid(d).mean(1)
+    temperatures = population.temperatures[:, None, None, None]
+    by_type = preference_math.logistic_raters(u[:, :, :, None], u[:, :, None, :], temperatures).mean(1)
     return TypeGame(P=np.einsum("k,kij->ij", population.weights, by_type), by_type=by_type)
 
 

@@ -33,11 +33,15 @@ from typing import Optional
 import numpy as np
 
 from nlhf_jax.data import templates
-from nlhf_jax.data.world import grammar, parser, raters, styles
+from nlhf_jax.data.world import grammar, layout, parser, raters, styles
+
+# The directory layout is part of this module's interface (`generator.split_path`, ...).
+# It is defined in `layout`, through which the raters read a world without importing
+# this module (which imports them).
+from nlhf_jax.data.world.layout import SPLITS, WORLD_FILE, split_path, vocab_path
 
 # 2: the `garbled` quality (off by default; the data of version 1 is unchanged).
 GENERATOR_VERSION = 2
-SPLITS = ("train", "valid", "test")
 COMPARISON_SPLIT_NAMES = {"train": "train", "valid": "valid1", "test": "valid2"}
 # SFT style frequencies (concise, exhaustive, feelings_first, chronological): the
 # reference distribution mu of the style game; see raters.py for why these values.
@@ -115,16 +119,6 @@ def default_data_dir(seed: int = 0) -> str:
     if env:
         return env
     return os.path.join(os.path.expanduser("~"), ".cache", "nlhf_jax", f"world-{seed}")
-
-
-def split_path(data_dir: str, kind: str, split: str) -> str:
-    """DATA_DIR/{sft,comparisons,prompts}/{train,valid,test}.jsonl."""
-    return os.path.join(data_dir, kind, f"{split}.jsonl")
-
-
-def vocab_path(data_dir: str) -> str:
-    """DATA_DIR/vocab/world.model."""
-    return os.path.join(data_dir, "vocab", "world.model")
 
 
 class _PostSampler:
@@ -243,9 +237,9 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         _write_jsonl(split_path(out_dir, "prompts", split), [_post_fields(p) for p in posts])
     # Every world word appears at least once, so rare words still get their piece.
     corpus += grammar.vocabulary_words()
-    from nlhf_jax.data import vocab  # imports seqio (TensorFlow): only when writing
+    from nlhf_jax.data.world import vocab_training  # imports sentencepiece: only when writing
 
-    vocab.train_sentencepiece(
+    vocab_training.train_sentencepiece(
         corpus, vocab_path(out_dir), vocab_size=config.vocab_size, seed=config.seed,
         user_symbols=TEMPLATE_SYMBOLS,
     )  # fmt: skip
@@ -260,7 +254,7 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         for name in sorted(names):
             full = os.path.join(root, name)
             rel = os.path.relpath(full, out_dir)
-            if rel != "world.json":
+            if rel != WORLD_FILE:
                 with open(full, "rb") as f:
                     hashes[rel] = hashlib.sha256(f.read()).hexdigest()
     meta = {
@@ -269,7 +263,7 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         "config": dataclasses.asdict(config),
         "files": hashes,
     }
-    with open(os.path.join(out_dir, "world.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, WORLD_FILE), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
         f.write("\n")
     return hashes
@@ -277,7 +271,7 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
 
 def _is_current(data_dir: str, config: WorldConfig) -> bool:
     try:
-        with open(os.path.join(data_dir, "world.json"), encoding="utf-8") as f:
+        with open(os.path.join(data_dir, WORLD_FILE), encoding="utf-8") as f:
             return json.load(f).get("fingerprint") == config.fingerprint()
     except (OSError, ValueError):
         return False
@@ -306,7 +300,7 @@ def ensure_world(data_dir: Optional[str] = None, config: Optional[WorldConfig] =
     if _is_current(data_dir, config):
         return data_dir
     if os.path.isdir(data_dir) and os.listdir(data_dir):
-        if not os.path.exists(os.path.join(data_dir, "world.json")):
+        if not os.path.exists(os.path.join(data_dir, WORLD_FILE)):
             raise FileExistsError(f"{data_dir} is not empty and holds no generated world")
     parent = os.path.dirname(data_dir)
     os.makedirs(parent, exist_ok=True)
@@ -326,33 +320,11 @@ def ensure_world(data_dir: Optional[str] = None, config: Optional[WorldConfig] =
 
 def load_config(data_dir: str) -> WorldConfig:
     """The `WorldConfig` a generated world was written with (from its world.json)."""
-    with open(os.path.join(data_dir, "world.json"), encoding="utf-8") as f:
-        raw = json.load(f)["config"]
-    pop = raw.pop("population")
-    types = tuple(
-        raters.RaterType(**{**t, "style_utility": tuple(t["style_utility"])})
-        for t in pop.pop("types")
-    )
+    raw = layout.read_config_fields(data_dir)
+    population = raters.RaterPopulation.from_dict(raw.pop("population"))
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     for name in ("quality_mix", "noisy_quality_mix"):  # version 1 had no `garbled`
         missing = len(styles.QUALITIES) - len(fields.get(name, ()))
         if name in fields and missing > 0:
             fields[name] = fields[name] + (0.0,) * missing
-    return WorldConfig(**fields, population=raters.RaterPopulation(types=types, **pop))
-
-
-def load_posts(data_dir: str) -> dict[str, str]:
-    """Post id -> post text for every post of a generated world (for `raters.Judge`)."""
-    posts: dict[str, str] = {}
-    for kind in ("sft", "prompts"):
-        for split in SPLITS:
-            with open(split_path(data_dir, kind, split), encoding="utf-8") as f:
-                for line in f:
-                    row = json.loads(line)
-                    posts[row["id"]] = row["post"]
-    for split in SPLITS:
-        with open(split_path(data_dir, "comparisons", split), encoding="utf-8") as f:
-            for line in f:
-                info = json.loads(line)["info"]
-                posts[info["id"]] = info["post"]
-    return posts
+    return WorldConfig(**fields, population=population)

@@ -24,7 +24,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from nlhf_jax.data.world import parser, styles
+from nlhf_jax import preference_math
+from nlhf_jax.data.world import layout, parser, styles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +89,16 @@ class RaterPopulation:
     unknown: float = 0.25
     none_style: float = -3.0
 
+    @classmethod
+    def from_dict(cls, fields: Mapping) -> "RaterPopulation":
+        """The population from its `dataclasses.asdict` form (as a world.json holds it)."""
+        fields = dict(fields)
+        types = tuple(
+            RaterType(**{**t, "style_utility": tuple(t["style_utility"])})
+            for t in fields.pop("types")
+        )
+        return cls(types=types, **fields)
+
     def __post_init__(self):
         total = sum(t.weight for t in self.types)
         if abs(total - 1.0) > 1e-9:
@@ -130,13 +141,15 @@ class RaterPopulation:
     def preference_by_type(
         self, f: parser.SummaryFeatures, f_alt: parser.SummaryFeatures
     ) -> np.ndarray:
-        """sigmoid((u_k(y) - u_k(y')) / T_k), float64 [K, B].
+        """sigmoid((u_k(y) - u_k(y')) / T_k), float64 [K, B] (`preference_math.logistic_raters`).
 
-        Written as (1 + tanh(d / 2)) / 2: tanh is odd in floating point, so swapping
-        y and y' gives exactly 1 - p up to one rounding, and d = 0 gives exactly 1/2.
+        The sigmoid is written as (1 + tanh(d / 2)) / 2: tanh is odd in floating point,
+        so swapping y and y' gives exactly 1 - p up to one rounding, and d = 0 gives
+        exactly 1/2.
         """
-        d = (self.utilities(f) - self.utilities(f_alt)) / self.temperatures[:, None]
-        return 0.5 + 0.5 * np.tanh(0.5 * d)
+        return preference_math.logistic_raters(
+            self.utilities(f), self.utilities(f_alt), self.temperatures[:, None]
+        )
 
     def preference(self, f: parser.SummaryFeatures, f_alt: parser.SummaryFeatures) -> np.ndarray:
         """P*(y > y' | x) for a batch, float64 [B]."""
@@ -172,11 +185,14 @@ class RaterPopulation:
 PostRef = Union[str, parser.PostInfo]
 
 
-class Judge:
-    """Batched ground-truth judge over texts: the world's stand-in for PaLM 2.
+class RaterPanel:
+    """The rater population P* judging texts in batches: the world's stand-in for PaLM 2.
 
-    Posts may be given as text, as `parser.PostInfo`, or as ids found in `posts_by_id`
-    (for instance the ids of a generated world, see `generator.load_posts`).
+    `prob(prompts, ys, ys_alt)` is the judge protocol of `judges.Judge`, with the
+    prompts being what the raters read: the posts, as text, as `parser.PostInfo`, or
+    as ids found in `posts_by_id` (for instance the ids of a generated world, see
+    `for_world`). `judges.WorldJudge` wraps a panel for callers that hold TL;DR
+    prompts instead.
     """
 
     def __init__(
@@ -188,12 +204,10 @@ class Judge:
         self._posts_by_id = dict(posts_by_id or {})
 
     @classmethod
-    def for_world(cls, data_dir: str) -> "Judge":
-        """The judge of a generated world: its population, and its posts by id."""
-        from nlhf_jax.data.world import generator  # generator imports this module
-
-        config = generator.load_config(data_dir)
-        return cls(config.population, generator.load_posts(data_dir))
+    def for_world(cls, data_dir: str) -> "RaterPanel":
+        """The panel of a generated world: its population, and its posts by id."""
+        population = RaterPopulation.from_dict(layout.read_config_fields(data_dir)["population"])
+        return cls(population, layout.load_posts(data_dir))
 
     def _posts(self, posts: Sequence[PostRef]) -> list[PostRef]:
         return [self._posts_by_id.get(p, p) if isinstance(p, str) else p for p in posts]
@@ -202,12 +216,12 @@ class Judge:
         """Parser features of B texts against their posts."""
         return parser.featurize(self._posts(posts), texts)
 
-    def preference(
-        self, posts: Sequence[PostRef], texts: Sequence[str], texts_alt: Sequence[str]
+    def prob(
+        self, prompts: Sequence[PostRef], ys: Sequence[str], ys_alt: Sequence[str]
     ) -> np.ndarray:
-        """P*(texts[b] > texts_alt[b] | posts[b]), float64 [B]."""
+        """P*(ys[b] > ys_alt[b] | prompts[b]), float64 [B]; the prompts are posts."""
         return self.population.preference(
-            self.features(posts, texts), self.features(posts, texts_alt)
+            self.features(prompts, ys), self.features(prompts, ys_alt)
         )
 
     def utilities(self, posts: Sequence[PostRef], texts: Sequence[str]) -> np.ndarray:

@@ -89,19 +89,34 @@ def _garbled_fact(
     return dataclasses.replace(fact, **{field: free[int(rng.integers(len(free)))]})
 
 
-def _garbled_main(rng: np.random.Generator, post: grammar.Post, main: grammar.Fact) -> tuple:
-    """For one-clause styles: (the main fact, an extra clause or None), garbled.
+def _garbled_main(
+    rng: np.random.Generator, post: grammar.Post, main: grammar.Fact, quality: int
+) -> tuple:
+    """For one-clause styles: (the main fact, an extra clause or None), garbled when
+    `quality` is `GARBLED` (otherwise `main` and None, drawing nothing).
 
     Either the main fact's person becomes one the post does not use (one unsupported
     word), or a side fact's person is said to do the main event too (the event keyword
     repeats).
     """
+    if quality != GARBLED:
+        return main, None
     side = post.facts[_others(post)[int(rng.integers(3))]]
     if rng.random() < 0.5:
         used = {f.person for f in post.facts}
         free = [i for i in range(len(grammar.PEOPLE)) if i not in used]
         return dataclasses.replace(main, person=free[int(rng.integers(len(free)))]), None
     return main, dataclasses.replace(side, event=main.event, place=None)
+
+
+def _one_clause_end(rng, post, quality, words: list[str], extra) -> list[str]:
+    """The end of a one-clause style: `words`, then a hallucinated summary's invented
+    fact and a garbled one's extra clause (`_garbled_main`), then the full stop."""
+    if quality == HALLUCINATED:
+        words += ["and"] + _invented_fact(rng, post).clause()
+    if extra is not None:
+        words += ["and"] + extra.clause()
+    return words + ["."]
 
 
 def _n_words(words: Sequence[str]) -> int:
@@ -115,15 +130,9 @@ def _others(post: grammar.Post) -> list[int]:
 def _concise(rng, post, quality) -> list[str]:
     others = _others(post)
     focus = post.facts[post.main if quality != MISSES_MAIN else others[int(rng.integers(3))]]
-    extra = None
-    if quality == GARBLED:
-        focus, extra = _garbled_main(rng, post, focus)
+    focus, extra = _garbled_main(rng, post, focus, quality)
     words = focus.clause(with_place=rng.random() < 0.2, with_time=rng.random() < 0.4)
-    if quality == HALLUCINATED:
-        words += ["and"] + _invented_fact(rng, post).clause()
-    if extra is not None:
-        words += ["and"] + extra.clause()
-    return words + ["."]
+    return _one_clause_end(rng, post, quality, words, extra)
 
 
 def _exhaustive(rng, post, quality) -> list[str]:
@@ -150,15 +159,9 @@ def _feelings_first(rng, post, quality) -> list[str]:
         focus = post.facts[_others(post)[int(rng.integers(3))]]
     feeling = grammar.FEELINGS[focus.feeling if focus.feeling is not None else main.feeling]
     opener = FEELING_OPENERS[int(rng.integers(len(FEELING_OPENERS)))]
-    extra = None
-    if quality == GARBLED:
-        focus, extra = _garbled_main(rng, post, focus)
+    focus, extra = _garbled_main(rng, post, focus, quality)
     words = [feeling if w == "{f}" else w for w in opener] + focus.clause()
-    if quality == HALLUCINATED:
-        words += ["and"] + _invented_fact(rng, post).clause()
-    if extra is not None:
-        words += ["and"] + extra.clause()
-    return words + ["."]
+    return _one_clause_end(rng, post, quality, words, extra)
 
 
 def _chronological(rng, post, quality) -> list[str]:

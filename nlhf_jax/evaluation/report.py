@@ -8,14 +8,15 @@ import dataclasses
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from nlhf_jax import decoding
-from nlhf_jax import evaluation
 from nlhf_jax import metrics as metrics_lib
-from nlhf_jax import run_evaluate
+from nlhf_jax.evaluation import sampling
+from nlhf_jax.evaluation import stats
+from nlhf_jax.evaluation import tables
 
 
 def _policy_dir(out: str, name: str) -> str:
@@ -61,7 +62,7 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     """The paper's qualitative findings (its Table 1 and section 8), checked on a matrix.
 
     Args:
-      cells: {(row, column): evaluation.Comparison of column over row} (one judge).
+      cells: {(row, column): stats.Comparison of column over row} (one judge).
       names: the policies, including "sft", "rlhf", "nash_md_<beta>" for each beta (in
         `f"{beta:g}"` form) and any "nash_ema_<decay>" / "nash_ema_<decay>*".
       betas: the Nash-MD-PG mixture weights, increasing; betas[1] plays the paper's MD1
@@ -109,7 +110,7 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     return out
 
 
-def _first(s: "run_evaluate.PolicySamples", n: int) -> "run_evaluate.PolicySamples":
+def _first(s: sampling.PolicySamples, n: int) -> sampling.PolicySamples:
     """A policy's samples on its first n prompts."""
     fields = ("texts", "tokens", "lengths", "seq_logp", "seq_ref_logp")
     return dataclasses.replace(s, **{f: None if getattr(s, f) is None else getattr(s, f)[:n]
@@ -128,43 +129,76 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         runs the PM on every pair of policies, most of the evaluation's time.
     """
     from nlhf_jax import judges
-    from nlhf_jax.data import arrays, vocab
     from nlhf_jax.data.world import describe, generator
 
-    t0 = time.time()
-
-    def progress(what: str) -> None:
-        # The evaluation runs for minutes with nothing else on screen.
-        print(f"[evaluate] {what} ({time.time() - t0:.0f} s)", flush=True)
-
-    voc = vocab.world_vocabulary(world_dir)
-    ds = arrays.world_prompts("valid+test", data_dir=world_dir, max_examples=num_prompts, input_len=80)
-    posts = ds.meta["posts"]
-    cfg = decoding.SamplingConfig(temperature=1.0, max_decode_len=32)
-    policies = [(n, _policy_dir(out, n)) for n in names]
-    samples = run_evaluate.sample_policies(policies, ds.features["prompts"], voc, cfg, seed=0,
-                                           reference_dir=os.path.join(out, "sft"))
+    progress = _progress_printer()
+    posts, ids, cfg, samples = _sample_demo_policies(out, names, world_dir, num_prompts)
     progress(f"sampled {len(posts)} prompts from {len(names)} policies, with their log-probs")
-    responses = {s.name: s.texts for s in samples}
     world = judges.WorldJudge(world_dir)
-    pstar = evaluation.win_rate_matrix(list(names), responses, posts, world.prob)
-    md_pstar = run_evaluate.write_outputs(os.path.join(eval_dir, "matrix_pstar"), list(names), pstar,
-                                          "world raters P*", {"decoding": cfg.__dict__, "num_prompts": len(posts)})
+    pstar = stats.win_rate_matrix(list(names), {s.name: s.texts for s in samples}, posts, world.prob)
+    md_pstar = tables.write_outputs(os.path.join(eval_dir, "matrix_pstar"), list(names), pstar,
+                                    "world raters P*", {"decoding": cfg.__dict__, "num_prompts": len(posts)})
     progress("P* matrix")
     pm = judges.load_judge(os.path.join(out, "pm"))
     n_tau = len(posts) if ptau_prompts is None else min(ptau_prompts, len(posts))
-    ptau = run_evaluate.ptau_cells([_first(s, n_tau) for s in samples], posts[:n_tau], pm.prob, tau)
+    ptau = stats.ptau_cells([_first(s, n_tau) for s in samples], posts[:n_tau], pm.prob, tau)
     progress(f"P_tau matrix ({n_tau} prompts)")
-    md_ptau = run_evaluate.write_outputs(os.path.join(eval_dir, "matrix_ptau"), list(names), ptau,
-                                         f"P_tau: preference model with KL terms, tau = {tau}",
-                                         {"decoding": cfg.__dict__, "num_prompts": n_tau})
-    judges_md, judge_numbers = judge_section(out, world_dir, samples, posts, world, ds.meta.get("ids"))
+    md_ptau = tables.write_outputs(os.path.join(eval_dir, "matrix_ptau"), list(names), ptau,
+                                   f"P_tau: preference model with KL terms, tau = {tau}",
+                                   {"decoding": cfg.__dict__, "num_prompts": n_tau})
+    judges_md, judge_numbers = judge_section(out, world_dir, samples, posts, world, ids)
     progress("PM and RM on the test comparisons and on shifted pairs")
-    st_md, st = run_evaluate.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
-    q_md, quality = run_evaluate.quality_table(samples, world_dir, posts)
+    st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
+    q_md, quality = tables.quality_table(samples, world_dir, posts)
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
-    rep = describe.describe_world(generator.load_config(world_dir), taus=(tau, 0.05))
-    pred = rep.style_predictions
+    pred = describe.describe_world(generator.load_config(world_dir), taus=(tau, 0.05)).style_predictions
+    text = _report_markdown(preset, len(posts), n_tau, findings=_findings(pstar, names, pred),
+                            paper_md=_paper_findings_markdown(pstar, names), md_pstar=md_pstar, md_ptau=md_ptau,
+                            judges_md=judges_md, st_md=st_md, q_md=q_md, timings=timings)
+    path = os.path.join(eval_dir, "report.md")
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(eval_dir, "report.json"), "w") as f:
+        json.dump({"styles": st, "quality": quality, "timings": timings, "names": list(names), "judges": judge_numbers,
+                   "num_prompts": len(posts), "ptau_prompts": n_tau,
+                   "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
+                   "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
+                   "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,
+                                    "rlhf_vs_sft": p.rlhf_vs_sft} for p in pred]}, f, indent=1)
+    return path
+
+
+def _progress_printer() -> Callable[[str], None]:
+    """Prints a step of the evaluation with the seconds since this call: it runs for
+    minutes with nothing else on screen."""
+    t0 = time.time()
+
+    def progress(what: str) -> None:
+        print(f"[evaluate] {what} ({time.time() - t0:.0f} s)", flush=True)
+
+    return progress
+
+
+def _sample_demo_policies(out: str, names: Sequence[str], world_dir: str, num_prompts: int):
+    """Every policy's samples on the first `num_prompts` held-out (valid + test) prompts,
+    with the sequence log-probs under it and under the SFT policy (mu of P_tau).
+
+    Returns:
+      (posts, their ids or None, decoding settings, [sampling.PolicySamples] in `names` order).
+    """
+    from nlhf_jax.data import arrays, vocab
+
+    voc = vocab.world_vocabulary(world_dir)
+    ds = arrays.world_prompts("valid+test", data_dir=world_dir, max_examples=num_prompts, input_len=80)
+    cfg = decoding.SamplingConfig(temperature=1.0, max_decode_len=32)
+    policies = [(n, _policy_dir(out, n)) for n in names]
+    samples = sampling.sample_policies(policies, ds.features["prompts"], voc, cfg, seed=0,
+                                       reference_dir=os.path.join(out, "sft"))
+    return ds.meta["posts"], ds.meta.get("ids"), cfg, samples
+
+
+def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
+    """The report's findings under P*, and the world's style-level predictions `pred`."""
     sft_col = {n: pstar[("sft", n)] for n in names if n != "sft"}
     findings = []
     beats = [n for n, c in sft_col.items() if c.lo > 0.5]
@@ -177,17 +211,28 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     findings.append("- style-level prediction of `nlhf world --describe` at tau = "
                     + ", ".join(f"{p.tau:g}: P(Nash > RLHF) = {p.nash_vs_rlhf:.3f}, P(Nash > SFT) = "
                                 f"{p.nash_vs_sft:.3f}, P(RLHF > SFT) = {p.rlhf_vs_sft:.3f}" for p in pred))
+    return findings
+
+
+def _paper_findings_markdown(pstar: dict, names: Sequence[str]) -> str:
+    """The `paper_findings` section, or "" unless the policies span the paper's betas
+    (self-play 0 to best response 1, at least three) and include RLHF."""
     betas = sorted(float(n[len("nash_md_"):]) for n in names if n.startswith("nash_md_"))
-    paper_md = ""
-    if len(betas) >= 3 and betas[0] == 0.0 and betas[-1] == 1.0 and "rlhf" in names:
-        rows = [f"| {f} | {'yes' if ok else '**no**'} | {nums} |"
-                for f, ok, nums in paper_findings(pstar, names, betas)]
-        paper_md = ("## The paper's findings under P*\n\n| finding (paper Table 1, section 8) | holds | "
-                    "numbers |\n|---|---|---|\n" + "\n".join(rows))
+    if not (len(betas) >= 3 and betas[0] == 0.0 and betas[-1] == 1.0 and "rlhf" in names):
+        return ""
+    rows = [f"| {f} | {'yes' if ok else '**no**'} | {nums} |"
+            for f, ok, nums in paper_findings(pstar, names, betas)]
+    return ("## The paper's findings under P*\n\n| finding (paper Table 1, section 8) | holds | "
+            "numbers |\n|---|---|---|\n" + "\n".join(rows))
+
+
+def _report_markdown(preset: str, n_posts: int, n_tau: int, *, findings: list[str], paper_md: str, md_pstar: str,
+                     md_ptau: str, judges_md: str, st_md: str, q_md: str, timings: dict) -> str:
+    """report.md from its sections' markdown (`paper_md` "" leaves that section out)."""
     timing_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
-    text = "\n\n".join([
+    return "\n\n".join([
         f"# NLHF on the embedded world: demo report (preset `{preset}`)",
-        f"{len(posts)} held-out prompts, one sample per policy per prompt (temperature 1.0, at most "
+        f"{n_posts} held-out prompts, one sample per policy per prompt (temperature 1.0, at most "
         f"32 tokens); P_tau on the first {n_tau} of them. Cells are P(column policy > row "
         f"policy); brackets: 95% Clopper-Pearson interval (P*), normal interval (P_tau).",
         "## Findings\n\n" + "\n".join(findings),
@@ -202,17 +247,6 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         "## Training curves\n\n![curves](curves.png)",
         "## Stage wall times (seconds, this machine)\n\n| stage | s |\n|---|---:|\n" + timing_rows,
     ])
-    path = os.path.join(eval_dir, "report.md")
-    with open(path, "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(eval_dir, "report.json"), "w") as f:
-        json.dump({"styles": st, "quality": quality, "timings": timings, "names": list(names), "judges": judge_numbers,
-                   "num_prompts": len(posts), "ptau_prompts": n_tau,
-                   "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
-                   "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
-                   "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,
-                                    "rlhf_vs_sft": p.rlhf_vs_sft} for p in pred]}, f, indent=1)
-    return path
 
 
 def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> tuple[str, dict]:

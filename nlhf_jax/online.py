@@ -1,0 +1,268 @@
+"""Online policy optimisation (paper §7): Nash-MD-PG, self-play, best response,
+Nash-EMA-PG and RLHF, as four jitted phases and one step callback for the loop.
+
+One step serves every algorithm; they differ only in the alternative response y' and
+in the signal:
+
+| algorithm   | y' sampled from                                   | reward of y            |
+|-------------|---------------------------------------------------|------------------------|
+| nash_md     | token-level mixture (1-b) log pi_theta + b log mu | P(y > y' | x), base 1/2 |
+| (self-play) | nash_md with b = 0: pi_theta itself               | same                   |
+| (best resp.)| nash_md with b = 1: mu (the SFT policy)           | same                   |
+| nash_ema    | pi_theta_bar, theta_bar <- b theta_bar + (1-b) theta | same                |
+| rlhf        | (none)                                            | r(y), batch-mean base  |
+
+Phases (tunix GRPO structure), each jitted with explicit shardings (`Phases`):
+sample (y and y'), score (host side: the judge may re-tokenise text), reference
+log-probs, update (and the EMA). `step_fn` strings them into the loop's
+`(state, step) -> (state, metrics, texts)` callback; `runs` and the benchmark both use
+it, so what is benchmarked is what trains. Frozen models (mu, the EMA parameters) live
+outside the TrainState and are never updated by the optimizer.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nlhf_jax import decoding
+from nlhf_jax import partitioning
+from nlhf_jax import policy
+from nlhf_jax import steps
+from nlhf_jax import train_state as train_state_lib
+from nlhf_jax import trainer
+
+ALGORITHMS = ("nash_md", "nash_ema", "rlhf")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearSchedule:
+    """start -> end linearly over `steps` optimizer steps, then constant (end=None: constant)."""
+
+    start: float
+    end: Optional[float] = None
+    steps: int = 0
+
+    def __call__(self, step):
+        if self.end is None or self.steps <= 0:
+            return jnp.float32(self.start)
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / self.steps, 0.0, 1.0)
+        return jnp.float32(self.start) + frac * (self.end - self.start)
+
+
+@dataclasses.dataclass(frozen=True)
+class NashMDConfig:
+    """Hyper-parameters of the online loop (paper defaults: tau 0.008, beta 0.125).
+
+    Attributes:
+      algorithm: "nash_md" (beta = 0: self-play, beta = 1: best response to mu),
+        "nash_ema" or "rlhf".
+      beta: mixture weight on mu (nash_md) or EMA decay (nash_ema); a float or a
+        LinearSchedule indexed by step.
+      tau: KL(pi || mu) coefficient; float or LinearSchedule.
+      num_samples: responses per prompt (the batch holds batch_size prompts x this).
+      temperature: sampling temperature; log-probs are those of the tempered policy.
+      max_decode_len: response length cap.
+      missing_eos_penalty: subtracted from the reward of a response without EOS.
+      log_samples_every: write example completions every N steps (0 = never).
+    """
+
+    algorithm: str = "nash_md"
+    beta: Any = 0.125
+    tau: Any = 0.008
+    num_samples: int = 1
+    temperature: float = 1.0
+    max_decode_len: int = 32
+    missing_eos_penalty: float = 0.0
+    log_samples_every: int = 50
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"NashMDConfig.algorithm={self.algorithm!r}; expected one of {ALGORITHMS}")
+        if self.num_samples < 1:
+            raise ValueError(f"NashMDConfig.num_samples must be >= 1, got {self.num_samples}")
+
+    def schedule(self, value) -> LinearSchedule:
+        return value if isinstance(value, LinearSchedule) else LinearSchedule(float(value))
+
+    def sampling(self) -> decoding.SamplingConfig:
+        return decoding.SamplingConfig(temperature=self.temperature, max_decode_len=self.max_decode_len)
+
+
+@flax.struct.dataclass
+class Rollout:
+    """What the phases pass along for one step (B = prompts x samples per prompt).
+
+    Attributes:
+      prompts: int32 [B, K].
+      tokens, lengths: y, int32 [B, L] / [B]; 0-padded after EOS.
+      alt_tokens, alt_lengths: y' (same shapes); zeros for rlhf.
+      has_eos: bool [B], whether y ended with EOS before the length cap.
+    """
+
+    prompts: jax.Array
+    tokens: jax.Array
+    lengths: jax.Array
+    alt_tokens: jax.Array
+    alt_lengths: jax.Array
+    has_eos: jax.Array
+
+
+def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig) -> Rollout:
+    """Phase 1: y ~ pi_theta and y' ~ the alternative (no gradient)."""
+    scfg = cfg.sampling()
+    b = prompts.shape[0]
+    k_y, k_alt = jax.random.split(rng)
+    y = policy.sample(model, params, prompts, jax.random.split(k_y, b), scfg)
+    alt_keys = jax.random.split(k_alt, b)
+    if cfg.algorithm == "nash_md":
+        alt = policy.sample_mixture(model, params, frozen["reference"], prompts, alt_keys, beta, scfg)
+    elif cfg.algorithm == "nash_ema":
+        alt = policy.sample(model, frozen["ema"], prompts, alt_keys, scfg)
+    else:
+        alt = decoding.DecodeOutput(jnp.zeros_like(y.tokens), jnp.zeros_like(y.logprobs),
+                                    jnp.zeros_like(y.lengths))
+    last = jnp.take_along_axis(y.tokens, jnp.maximum(y.lengths - 1, 0)[:, None], axis=1)[:, 0]
+    return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths, last == scfg.eos_id)
+
+
+def reference_phase(reference_params, prompts, tokens, lengths, *, model, cfg: NashMDConfig):
+    """Phase 3: log mu(y_n | x, y_<n) under the same temperature as pi. [B, L]"""
+    return policy.token_logprobs(model, reference_params, prompts, tokens, lengths, cfg.sampling())
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """The jitted phases of one online step, with the shardings of their inputs.
+
+    Attributes:
+      sample: (params, frozen, prompts [B, K], rng, beta) -> Rollout.
+      reference: (reference params, prompts, tokens [B, L], lengths [B]) -> log mu [B, L].
+      update: (state, batch, rng) -> (state, metrics); the state is donated.
+      ema: (ema params, params, beta) -> ema params (donated); Nash-EMA only.
+    """
+
+    sample: Callable
+    reference: Callable
+    update: Callable
+    ema: Optional[Callable]
+    mesh: jax.sharding.Mesh
+
+
+def make_phases(
+    network: Any,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: Callable,
+    nashmd: NashMDConfig,
+    shardings: train_state_lib.TrainState,
+    mesh: jax.sharding.Mesh,
+) -> Phases:
+    """Jits the phases for `network` with the train state's `shardings`."""
+    scfg = nashmd.sampling()
+    step_cfg = steps.PolicyStepConfig(temperature=scfg.temperature, forbid_pad=scfg.forbid_pad,
+                                      baseline="batch_mean" if nashmd.algorithm == "rlhf" else 0.5)
+    rep = partitioning.replicated(mesh)
+    bsh = lambda nd: partitioning.batch_sharding(mesh, nd)  # noqa: E731
+    frozen_sh = {"reference": shardings.params}
+    if nashmd.algorithm == "nash_ema":
+        frozen_sh["ema"] = shardings.params
+    rollout_sh = Rollout(bsh(2), bsh(2), bsh(1), bsh(2), bsh(1), bsh(1))
+    sample = jax.jit(functools.partial(sample_phase, model=network, cfg=nashmd),
+                     in_shardings=(shardings.params, frozen_sh, bsh(2), rep, rep),
+                     out_shardings=rollout_sh)
+    reference = jax.jit(functools.partial(reference_phase, model=network, cfg=nashmd),
+                        in_shardings=(shardings.params, bsh(2), bsh(2), bsh(1)), out_shardings=bsh(2))
+    update = functools.partial(steps.policy_update_step, model=network, tx=tx, cfg=step_cfg,
+                               learning_rate_fn=learning_rate_fn)
+    batch_example = {"prompts": np.zeros((1, 1), np.int32), "tokens": np.zeros((1, 1), np.int32),
+                     "lengths": np.zeros((1,), np.int32), "reward": np.zeros((1,), np.float32),
+                     "reference_logps": np.zeros((1, 1), np.float32), "tau": np.zeros((1,), np.float32),
+                     "example_weights": np.zeros((1,), np.float32)}
+    ema = None
+    if nashmd.algorithm == "nash_ema":
+        ema = jax.jit(steps.ema_update, in_shardings=(shardings.params, shardings.params, rep),
+                      out_shardings=shardings.params, donate_argnums=0)
+    return Phases(sample, reference, trainer.jit_step(update, shardings, batch_example, mesh), ema, mesh)
+
+
+# (step) -> (prompt ids int32 [B, K] on the host, the prompts' texts or None)
+PromptsFn = Callable[[int], tuple[np.ndarray, Optional[list]]]
+# (rollout on the host, prompt texts) -> (reward float32 [B], P(y > y') [B] or None,
+#  example texts {"samples/...": str} or None, logged every `log_samples_every` steps)
+ScoreFn = Callable[[Rollout, Optional[list]], tuple[np.ndarray, Optional[np.ndarray], Optional[dict]]]
+
+
+def step_fn(
+    phases: Phases,
+    frozen: dict,
+    nashmd: NashMDConfig,
+    *,
+    prompts_fn: PromptsFn,
+    score_fn: ScoreFn,
+    seed: int,
+) -> trainer.StepFn:
+    """The loop's step callback: sample, score, reference, update (and the EMA).
+
+    Args:
+      phases: from `make_phases`.
+      frozen: {"reference": mu's params, and "ema": theta_bar for Nash-EMA}; the EMA
+        entry is replaced after every update (App. F.3).
+      nashmd: beta and tau schedules, the EOS penalty.
+      prompts_fn: this step's prompts (B rows, already repeated per sample).
+      score_fn: the judge on this step's rollout (see `ScoreFn`).
+      seed: the run's seed; step s uses fold_in(key(seed), s).
+
+    Metrics: the update's, plus beta, tau, rollout lengths and EOS rate, the preference
+    against y' (not for RLHF), and seconds per phase (`time/*`).
+    """
+    base_rng = jax.random.key(seed)
+    beta_fn, tau_fn = nashmd.schedule(nashmd.beta), nashmd.schedule(nashmd.tau)
+
+    def fn(state, step):
+        t0 = time.perf_counter()
+        rng = jax.random.fold_in(base_rng, step)
+        prompt_ids, prompt_texts = prompts_fn(step)
+        n_rows = prompt_ids.shape[0]
+        prompt_ids = partitioning.host_local_batch_to_global({"p": prompt_ids}, phases.mesh)["p"]
+        beta = beta_fn(step)
+        roll = jax.device_get(phases.sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta))
+        t1 = time.perf_counter()
+        reward, pref, texts = score_fn(roll, prompt_texts)
+        reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
+        t2 = time.perf_counter()
+        ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
+        batch = partitioning.host_local_batch_to_global({
+            "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
+            "lengths": np.asarray(roll.lengths), "reward": np.asarray(reward, np.float32),
+            "reference_logps": np.asarray(jax.device_get(ref_lp)),
+            "tau": np.full((n_rows,), float(tau_fn(step)), np.float32),
+            "example_weights": np.ones((n_rows,), np.float32),
+        }, phases.mesh)
+        t3 = time.perf_counter()
+        state, metrics = phases.update(state, batch, rng)
+        if phases.ema is not None:
+            frozen["ema"] = phases.ema(frozen["ema"], state.params, beta)
+        metrics = jax.device_get(metrics)
+        t4 = time.perf_counter()
+        metrics.update({
+            "nashmd/beta": float(beta), "nashmd/tau": float(tau_fn(step)),
+            "rollout/eos_rate": float(np.mean(roll.has_eos)),
+            "rollout/length": float(np.mean(roll.lengths)),
+            "time/sample_s": t1 - t0, "time/score_s": t2 - t1,
+            "time/reference_s": t3 - t2, "time/update_s": t4 - t3,
+            "perf/samples_per_s": n_rows / max(t4 - t0, 1e-9),
+        })
+        if pref is not None:
+            metrics["nashmd/pref_vs_alt"] = float(np.mean(pref))
+            metrics["rollout/alt_length"] = float(np.mean(roll.alt_lengths))
+        if not (nashmd.log_samples_every and (step + 1) % nashmd.log_samples_every == 0):
+            texts = None
+        return state, metrics, texts
+
+    return fn
