@@ -61,7 +61,7 @@ _POST_RE = re.compile(r"POST:\s*(.*?)\s*(?:TL;DR:)?\s*$", re.DOTALL)
 
 
 def post_from_prompt(prompt: str) -> str:
-    """The post body inside a TL;DR prompt (`templates.tldr_prompt`), also after a
+    """The post body inside a TL;DR prompt (`templates.post_prompt`), also after a
     SentencePiece round trip (which turns the newlines into spaces); text without a
     ``POST:`` marker is returned as it is (taken to be the post itself)."""
     m = _POST_RE.search(prompt)
@@ -469,7 +469,8 @@ def shifted_pairs(
     prompts, ys, ys_alt = [], [], []
     for i in range(n):
         post = grammar.sample_post(rng, f"shift-{seed}-{i:06d}")
-        prompts.append(templates.tldr_prompt(post.subreddit, post.title, post.text))
+        prompts.append(templates.post_prompt({"subreddit": post.subreddit, "title": post.title,
+                                              "post": post.text}))
         ys.append(styles.sample_summary(rng, post, style_mix, quality_mix)[0])
         ys_alt.append(styles.sample_summary(rng, post, style_mix, quality_mix)[0])
     return prompts, ys, ys_alt

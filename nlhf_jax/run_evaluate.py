@@ -363,34 +363,35 @@ def main(argv) -> int:
         p.error(problems[0] if len(problems) == 1 else
                 f"{len(problems)} problems, nothing sampled:\n  " + "\n  ".join(problems))
     from nlhf_jax.data import arrays, vocab
-    from nlhf_jax.data.world import raters
 
     policies, kind, world_dir = plan.policies, plan.judge_kind, plan.world_dir
     voc = vocab.world_vocabulary(world_dir)
     files = plan.prompt_files
     ds = arrays.prompt_dataset(files if len(files) > 1 else files[0], voc, max_examples=a.num_prompts)
-    posts = ds.meta["posts"]
-    if not posts:
+    # Every judge is given the prompt texts (`templates.post_prompt`), as the PM and RM
+    # were trained; the world's parser in the quality table reads the post bodies.
+    prompts, posts = ds.meta["prompts"], ds.meta["posts"]
+    if not prompts:
         p.error(f"--split {a.split}: no prompts in {', '.join(files)}")
     cfg = plan.cfg
     # The judge's model is loaded before sampling, so that its failures come first too.
+    from nlhf_jax import judges
+
     if kind == "world":
-        judge = raters.RaterPanel.for_world(world_dir)
+        judge = judges.WorldJudge(world_dir)
         title = "world raters P*"
     else:
-        from nlhf_jax import judges
-
         judge = judges.load_judge(plan.judge_dir)
         title = {"pm": "preference model", "rm": "reward model", "ptau": f"P_tau (tau={a.tau})"}[kind]
     samples = sampling.sample_policies(policies, ds.features["prompts"], voc, cfg, a.seed, plan.reference_dir)
     names = [s.name for s in samples]
     if kind == "ptau":
-        cells = stats.ptau_cells(samples, posts, judge.prob, a.tau,
+        cells = stats.ptau_cells(samples, prompts, judge.prob, a.tau,
                                  antisymmetric=getattr(judge, "both_orders", False))
     else:
         responses = {s.name: s.texts for s in samples}
-        cells = stats.win_rate_matrix(names, responses, posts, lambda x, y, z: stats.judge_texts(judge, x, y, z))
-    extra = {"decoding": dataclasses.asdict(cfg), "num_prompts": len(posts), "split": a.split,
+        cells = stats.win_rate_matrix(names, responses, prompts, lambda x, y, z: stats.judge_texts(judge, x, y, z))
+    extra = {"decoding": dataclasses.asdict(cfg), "num_prompts": len(prompts), "split": a.split,
              "policies": dict(policies), "judge": a.judge}
     md = tables.write_outputs(a.out, names, cells, title, extra)
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))

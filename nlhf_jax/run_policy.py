@@ -50,7 +50,8 @@ def train_policy(
     Args:
       model_dir: this run's directory (checkpoints, metrics.jsonl, tb/, samples).
       sft_dir: a finished `nlhf train` SFT run: initial policy and reference.
-      prompts: `arrays.prompt_dataset` (feature `prompts`; meta `posts`).
+      prompts: `arrays.prompt_dataset` (feature `prompts`; meta `prompts`, the texts
+        the judge is given).
       judge: for nash_md / nash_ema a `judges.Judge` (`prob(prompts, ys, ys_alt)`);
         for rlhf one with `rewards(prompts, ys)`.
       vocabulary: the policy's vocabulary (decodes samples for the judge).
@@ -63,6 +64,7 @@ def train_policy(
       The final state and metrics (EMA runs also write `<model_dir>/ema`).
     """
     gin_setup.write_config(model_dir)
+    prompts_fn = _prompts_fn(prompts, loop, nashmd)  # checks the prompt texts before any set-up
     rules = list(rules) if rules is not None else partitioning.default_rules()
     mesh_ = partitioning.make_mesh(mesh)
     config, network, ref_params = trainer.load_frozen(sft_dir, mesh_, rules)
@@ -84,7 +86,7 @@ def train_policy(
         ema_ckpt, frozen["ema"] = _ema_start(model_dir, config, ckpt_cfg, state, shardings)
     phases = online.make_phases(network, tx, optimizer.schedule.build(), nashmd, shardings, mesh_)
     step = online.step_fn(phases, frozen, nashmd, seed=loop.seed,
-                          prompts_fn=_prompts_fn(prompts, loop, nashmd),
+                          prompts_fn=prompts_fn,
                           score_fn=_score_fn(judge, vocabulary, nashmd))
     companions = []
     if ema_ckpt is not None:  # saved with the policy, at its step
@@ -122,11 +124,20 @@ def _ema_start(model_dir, config, ckpt_cfg, state, shardings):
 
 def _prompts_fn(prompts: input_pipeline.ArrayDataset, loop: trainer.LoopConfig,
                 nashmd: online.NashMDConfig) -> online.PromptsFn:
-    """Step s's prompts: batch s of the dataset's order, each repeated `num_samples` times."""
+    """Step s's prompts: batch s of the dataset's order, each repeated `num_samples`
+    times, as token ids (the policy's input) and as prompt texts (the judge's input,
+    `templates.post_prompt`, the same text the PM and RM were trained on)."""
+
+    texts = prompts.meta.get("prompts")
+    if texts is None or len(texts) != len(prompts):
+        raise ValueError(
+            f"{prompts.name}: meta['prompts'] must hold the {len(prompts)} prompt texts the judge "
+            f"reads (arrays.prompt_dataset builds them with templates.post_prompt); got "
+            f"{'none' if texts is None else len(texts)}")
 
     def fn(step):
         idx = np.repeat(prompts.indices(step, loop.batch_size, loop.seed), nashmd.num_samples)
-        return prompts.features["prompts"][idx], [prompts.meta["posts"][i] for i in idx]
+        return prompts.features["prompts"][idx], [texts[i] for i in idx]
 
     return fn
 
@@ -135,16 +146,16 @@ def _score_fn(judge: Any, vocabulary: Any, nashmd: online.NashMDConfig) -> onlin
     """The judge on decoded text: `judge.rewards(prompts, ys)` for RLHF, else
     `judge.prob(prompts, ys, ys_alt)` (the preference is the reward, paper §7)."""
 
-    def fn(roll, posts):
+    def fn(roll, prompts):
         ys = arrays.decode_tokens(vocabulary, np.asarray(roll.tokens), np.asarray(roll.lengths))
         ys_alt = pref = None
         if nashmd.algorithm == "rlhf":
-            reward = np.asarray(judge.rewards(posts, ys), np.float32)
+            reward = np.asarray(judge.rewards(prompts, ys), np.float32)
         else:
             ys_alt = arrays.decode_tokens(vocabulary, np.asarray(roll.alt_tokens), np.asarray(roll.alt_lengths))
-            pref = np.asarray(judge.prob(posts, ys, ys_alt), np.float32)
+            pref = np.asarray(judge.prob(prompts, ys, ys_alt), np.float32)
             reward = pref.copy()
-        texts = {"samples/post": posts[0][:300], "samples/y": ys[0]}
+        texts = {"samples/prompt": prompts[0][:400], "samples/y": ys[0]}
         if ys_alt is not None:
             texts["samples/y_alt"] = ys_alt[0]
         return reward, pref, texts

@@ -14,6 +14,7 @@ from nlhf_jax import judges
 from nlhf_jax import partitioning
 from nlhf_jax import testing
 from nlhf_jax.data import arrays
+from nlhf_jax.data import jsonl
 from nlhf_jax.data import pairwise
 from nlhf_jax.data import templates
 from nlhf_jax.data import vocab
@@ -350,3 +351,58 @@ def test_shift_check_on_shifted_pairs(world):
     assert out["n_pairs"] == 200 and out["pstar_decisive"] > 0.1
     assert out["pm/pstar_mae"] == 0 and out["pm/pstar_logloss"] == pytest.approx(out["pm/pstar_entropy"])
     assert out["rm/pstar_logloss"] == pytest.approx(np.log(2)) and out["rm/pstar_mae"] > 0.05
+
+
+@pytest.mark.parametrize("kind", ["pm", "rm"])
+def test_policy_run_judge_reads_the_training_pairs_token_for_token(kind, world, pm, rm, tmp_path, monkeypatch):
+    """The judge call of a policy step (prompt file -> `run_policy._prompts_fn` -> policy
+    tokens -> `run_policy._score_fn`) gives the PM/RM exactly the ids its training pairs
+    hold for the same (post, y, y'): one prompt builder (`templates.post_prompt`)."""
+    from nlhf_jax import online, run_policy, trainer
+
+    comparisons = generator.split_path(world, "comparisons", "train")
+    records, _ = jsonl.read_comparisons(comparisons)
+    prompt_file = tmp_path / "prompts.jsonl"
+    with open(prompt_file, "w") as f:
+        for r in records:  # the compared posts as a prompt file, one line per pair
+            f.write(json.dumps({k: r[k] for k in ("id", "subreddit", "title", "post")}) + "\n")
+    texts = pairwise.read_comparison_texts(comparisons)
+    judge = pm if kind == "pm" else rm
+    train = (pairwise.preference_features if kind == "pm" else pairwise.reward_features)(judge.encoder, texts)
+
+    voc = vocab.world_vocabulary(world)
+    ds = arrays.prompt_dataset(str(prompt_file), voc)
+    loop = trainer.LoopConfig(num_steps=1, batch_size=len(ds), seed=3, progress=False)
+    nashmd = online.NashMDConfig(algorithm="nash_md" if kind == "pm" else "rlhf", num_samples=1)
+    prompt_ids, prompt_texts = run_policy._prompts_fn(ds, loop, nashmd)(0)
+    idx = ds.indices(0, loop.batch_size, loop.seed)
+    assert sorted(idx.tolist()) == list(range(len(records)))  # every pair, shuffled
+
+    def policy_tokens(summaries):  # what the policy would have sampled: y's ids, then EOS
+        rows = [list(voc.encode(s)) + [1] for s in summaries]
+        out = np.zeros((len(rows), max(map(len, rows))), np.int32)
+        for b, row in enumerate(rows):
+            out[b, : len(row)] = row
+        return out, np.asarray([len(r) for r in rows], np.int32)
+
+    y, y_len = policy_tokens([texts.ys[i] for i in idx])
+    alt, alt_len = policy_tokens([texts.ys_alt[i] for i in idx])
+    roll = online.Rollout(prompts=prompt_ids, tokens=y, lengths=y_len, alt_tokens=alt,
+                          alt_lengths=alt_len, has_eos=np.ones(len(idx), bool))
+    seen = []
+    encode_ids = judge.encoder.encode_ids
+    monkeypatch.setattr(judge.encoder, "encode_ids", lambda *a: seen.append(encode_ids(*a)) or seen[-1])
+    run_policy._score_fn(judge, voc, nashmd)(roll, prompt_texts)
+
+    expected = ["inputs", "inputs_swapped"] if kind == "pm" else ["inputs"]
+    assert len(seen) == len(expected)
+    for got, key in zip(seen, expected):
+        np.testing.assert_array_equal(got, train[key][idx])
+    assert prompt_texts == [texts.prompts[i] for i in idx]
+
+
+def test_prompt_datasets_carry_the_judge_prompts(world):
+    ds = arrays.world_prompts("valid", data_dir=world)
+    records, _ = jsonl.read_prompts(generator.split_path(world, "prompts", "valid"))
+    assert ds.meta["prompts"] == [templates.post_prompt(r) for r in records]
+    assert ds.meta["posts"] == [r["post"] for r in records]

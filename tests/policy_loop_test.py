@@ -56,7 +56,7 @@ def sft_dir(tmp_path_factory):
 def prompts():
     data = input_pipeline.copy_task(num_examples=32, vocab_size=16, input_len=5, target_len=6, seed=5)
     ds = input_pipeline.ArrayDataset({"prompts": data.features["encoder_input_tokens"]})
-    ds.meta = {"posts": [f"post {i}" for i in range(32)]}
+    ds.meta = {"prompts": [f"post {i}" for i in range(32)]}
     return ds
 
 

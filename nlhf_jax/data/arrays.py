@@ -76,13 +76,16 @@ def _read(read_fn, path, max_examples: Optional[int], skip_invalid: bool) -> lis
 
 def _encoded_prompts(vocabulary, records, input_len: int, path) -> np.ndarray:
     """The records' TL;DR prompts as int32 [N, input_len]."""
-    texts = [templates.tldr_prompt(r["subreddit"], r["title"], r["post"]) for r in records]
+    texts = [templates.post_prompt(r) for r in records]
     return encode_texts(vocabulary, texts, input_len, f"{path}: prompts")
 
 
 def _post_meta(records) -> dict[str, list]:
-    """The metadata every dataset of posts carries: post ids and texts."""
-    return {"ids": [r["id"] for r in records], "posts": [r["post"] for r in records]}
+    """The metadata every dataset of posts carries: post ids, the post bodies (what the
+    world's parser reads) and the prompts (`templates.post_prompt`: what every judge
+    is given, as the PM and RM were trained on)."""
+    return {"ids": [r["id"] for r in records], "posts": [r["post"] for r in records],
+            "prompts": [templates.post_prompt(r) for r in records]}
 
 
 def sft_dataset(

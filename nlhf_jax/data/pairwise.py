@@ -462,7 +462,7 @@ def read_comparison_texts(
     if not records:
         raise ValueError(f"{path}: no comparisons (splits={splits})")
     texts = ComparisonTexts(
-        prompts=[templates.tldr_prompt(r["subreddit"], r["title"], r["post"]) for r in records],
+        prompts=[templates.post_prompt(r) for r in records],
         posts=[r["post"] for r in records],
         ys=[r["summary_0"] for r in records],
         ys_alt=[r["summary_1"] for r in records],

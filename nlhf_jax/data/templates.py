@@ -21,6 +21,18 @@ def tldr_prompt(subreddit: str, title: str, post: str) -> str:
     return tldr_body(subreddit, title, post) + TLDR_SUFFIX
 
 
+def post_prompt(record) -> str:
+    """The TL;DR prompt of a post record (a mapping with ``subreddit``, ``title`` and
+    ``post``, as the JSONL readers return it).
+
+    The one place a judge's input prompt is built: the SFT and prompt datasets, the PM
+    and RM training pairs and every judge call of a policy run, `nlhf evaluate` and the
+    report take the prompt from here, so a learned judge reads the same bytes in use
+    as in training.
+    """
+    return tldr_prompt(record["subreddit"], record["title"], record["post"])
+
+
 def news_body(document: str) -> str:
     """Body of a news-article prompt (XSum, CNN/DailyMail): the article itself."""
     return f"ARTICLE: {document}"

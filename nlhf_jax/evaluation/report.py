@@ -132,27 +132,27 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     from nlhf_jax.data.world import describe, generator
 
     progress = _progress_printer()
-    posts, ids, cfg, samples = _sample_demo_policies(out, names, world_dir, num_prompts)
-    progress(f"sampled {len(posts)} prompts from {len(names)} policies, with their log-probs")
+    prompts, posts, ids, cfg, samples = _sample_demo_policies(out, names, world_dir, num_prompts)
+    progress(f"sampled {len(prompts)} prompts from {len(names)} policies, with their log-probs")
     world = judges.WorldJudge(world_dir)
-    pstar = stats.win_rate_matrix(list(names), {s.name: s.texts for s in samples}, posts, world.prob)
+    pstar = stats.win_rate_matrix(list(names), {s.name: s.texts for s in samples}, prompts, world.prob)
     md_pstar = tables.write_outputs(os.path.join(eval_dir, "matrix_pstar"), list(names), pstar,
-                                    "world raters P*", {"decoding": cfg.__dict__, "num_prompts": len(posts)})
+                                    "world raters P*", {"decoding": cfg.__dict__, "num_prompts": len(prompts)})
     progress("P* matrix")
     pm = judges.load_judge(os.path.join(out, "pm"))
-    n_tau = len(posts) if ptau_prompts is None else min(ptau_prompts, len(posts))
-    ptau = stats.ptau_cells([_first(s, n_tau) for s in samples], posts[:n_tau], pm.prob, tau)
+    n_tau = len(prompts) if ptau_prompts is None else min(ptau_prompts, len(prompts))
+    ptau = stats.ptau_cells([_first(s, n_tau) for s in samples], prompts[:n_tau], pm.prob, tau)
     progress(f"P_tau matrix ({n_tau} prompts)")
     md_ptau = tables.write_outputs(os.path.join(eval_dir, "matrix_ptau"), list(names), ptau,
                                    f"P_tau: preference model with KL terms, tau = {tau}",
                                    {"decoding": cfg.__dict__, "num_prompts": n_tau})
-    judges_md, judge_numbers = judge_section(out, world_dir, samples, posts, world, ids)
+    judges_md, judge_numbers = judge_section(out, world_dir, samples, prompts, world, ids)
     progress("PM and RM on the test comparisons and on shifted pairs")
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     q_md, quality = tables.quality_table(samples, world_dir, posts)
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
     pred = describe.describe_world(generator.load_config(world_dir), taus=(tau, 0.05)).style_predictions
-    text = _report_markdown(preset, len(posts), n_tau, findings=_findings(pstar, names, pred),
+    text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, pred),
                             paper_md=_paper_findings_markdown(pstar, names), md_pstar=md_pstar, md_ptau=md_ptau,
                             judges_md=judges_md, st_md=st_md, q_md=q_md, timings=timings)
     path = os.path.join(eval_dir, "report.md")
@@ -160,7 +160,7 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
         f.write(text + "\n")
     with open(os.path.join(eval_dir, "report.json"), "w") as f:
         json.dump({"styles": st, "quality": quality, "timings": timings, "names": list(names), "judges": judge_numbers,
-                   "num_prompts": len(posts), "ptau_prompts": n_tau,
+                   "num_prompts": len(prompts), "ptau_prompts": n_tau,
                    "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
                    "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
                    "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,
@@ -184,7 +184,9 @@ def _sample_demo_policies(out: str, names: Sequence[str], world_dir: str, num_pr
     with the sequence log-probs under it and under the SFT policy (mu of P_tau).
 
     Returns:
-      (posts, their ids or None, decoding settings, [sampling.PolicySamples] in `names` order).
+      (prompt texts (what the judges are given), post bodies (what the world's parser
+      reads), their ids or None, decoding settings, [sampling.PolicySamples] in `names`
+      order).
     """
     from nlhf_jax.data import arrays, vocab
 
@@ -194,7 +196,7 @@ def _sample_demo_policies(out: str, names: Sequence[str], world_dir: str, num_pr
     policies = [(n, _policy_dir(out, n)) for n in names]
     samples = sampling.sample_policies(policies, ds.features["prompts"], voc, cfg, seed=0,
                                        reference_dir=os.path.join(out, "sft"))
-    return ds.meta["posts"], ds.meta.get("ids"), cfg, samples
+    return ds.meta["prompts"], ds.meta["posts"], ds.meta.get("ids"), cfg, samples
 
 
 def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
@@ -249,9 +251,10 @@ def _report_markdown(preset: str, n_posts: int, n_tau: int, *, findings: list[st
     ])
 
 
-def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> tuple[str, dict]:
+def judge_section(out: str, world_dir: str, samples, prompts, world, ids=None) -> tuple[str, dict]:
     """PM and RM on the test comparisons, both on shifted pairs, and the SFT policy's
-    samples against the reference summaries, all under P* (markdown, numbers)."""
+    samples against the reference summaries, all under P* (markdown, numbers).
+    `prompts`: the held-out prompt texts the samples answer."""
     from nlhf_jax import judges
     from nlhf_jax.data import pairwise
     from nlhf_jax.data.world import generator
@@ -305,9 +308,9 @@ def judge_section(out: str, world_dir: str, samples, posts, world, ids=None) -> 
         f"{shift['rm/bayes_agreement']:.3f}.",
     ]
     if refs is not None:
-        p = world.prob(posts, sft.texts, refs)
+        p = world.prob(prompts, sft.texts, refs)
         numbers["sft_vs_reference"] = float(np.mean(p))
-        lines += ["", f"SFT samples against the reference summaries under P* ({len(posts)} "
+        lines += ["", f"SFT samples against the reference summaries under P* ({len(prompts)} "
                   f"held-out posts): {np.mean(p):.3f}."]
     return "\n".join(lines), numbers
 

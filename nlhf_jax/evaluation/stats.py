@@ -66,27 +66,27 @@ def compare(probs: np.ndarray) -> Comparison:
     return Comparison(float(probs.mean()), lo, hi, wins, len(probs))
 
 
-def judge_texts(judge, posts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str],
+def judge_texts(judge, prompts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str],
                 chunk: int = 4096) -> np.ndarray:
-    """`judge.prob(posts, ys, ys_alt)` (the protocol of every judge, `judges.Judge`), in chunks."""
-    parts = [np.asarray(judge.prob(posts[i:i + chunk], ys[i:i + chunk], ys_alt[i:i + chunk]))
-             for i in range(0, len(posts), chunk)]
+    """`judge.prob(prompts, ys, ys_alt)` (the protocol of every judge, `judges.Judge`), in chunks."""
+    parts = [np.asarray(judge.prob(prompts[i:i + chunk], ys[i:i + chunk], ys_alt[i:i + chunk]))
+             for i in range(0, len(prompts), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
 def win_rate_matrix(
     names: Sequence[str],
     responses: dict[str, Sequence[str]],
-    posts: Sequence[str],
+    prompts: Sequence[str],
     prob_fn: ProbFn,
 ) -> dict[tuple[str, str], Comparison]:
     """Every cell P(column > row) under `prob_fn` (the judge), on the same prompts.
 
     Args:
       names: policy names (rows and columns).
-      responses: name -> one response text per post.
-      posts: the N prompts (as the judge takes them).
-      prob_fn: (posts, ys, ys_alt) -> P(y > y_alt) [N].
+      responses: name -> one response text per prompt.
+      prompts: the N prompt texts (`templates.post_prompt`, as the judges take them).
+      prob_fn: (prompts, ys, ys_alt) -> P(y > y_alt) [N].
 
     Returns:
       {(row, column): Comparison of column over row}; the diagonal is included.
@@ -95,18 +95,18 @@ def win_rate_matrix(
     for i, row in enumerate(names):
         for j, col in enumerate(names):
             if i == j:  # a policy against itself: exactly 1/2 under an antisymmetric judge
-                n = len(posts)
+                n = len(prompts)
                 lo, hi = clopper_pearson(n // 2, n)
                 out[(row, col)] = Comparison(0.5, lo, hi, n // 2, n)
                 continue
             if j < i:
                 out[(row, col)] = out[(col, row)].mirrored()
                 continue
-            out[(row, col)] = compare(prob_fn(posts, responses[col], responses[row]))
+            out[(row, col)] = compare(prob_fn(prompts, responses[col], responses[row]))
     return out
 
 
-def ptau_cells(samples: "Sequence[sampling.PolicySamples]", posts, pm_prob: ProbFn, tau: float,
+def ptau_cells(samples: "Sequence[sampling.PolicySamples]", prompts, pm_prob: ProbFn, tau: float,
                antisymmetric: bool = True) -> dict:
     """Table 2's P_tau(column > row) = E[P(y_c > y_r)] - tau KL_c + tau KL_r (single-sample
     KL estimates on the same prompts), with a normal-approximation 95% interval.
@@ -123,9 +123,9 @@ def ptau_cells(samples: "Sequence[sampling.PolicySamples]", posts, pm_prob: Prob
                 cells[(r.name, c.name)] = cells[(c.name, r.name)].mirrored()
                 continue
             if antisymmetric and i == j:
-                cells[(r.name, c.name)] = Comparison(0.5, 0.5, 0.5, -1, len(posts))
+                cells[(r.name, c.name)] = Comparison(0.5, 0.5, 0.5, -1, len(prompts))
                 continue
-            p = np.asarray(pm_prob(posts, c.texts, r.texts), np.float64)
+            p = np.asarray(pm_prob(prompts, c.texts, r.texts), np.float64)
             v = p - tau * (c.seq_logp - c.seq_ref_logp) + tau * (r.seq_logp - r.seq_ref_logp)
             se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
             cells[(r.name, c.name)] = Comparison(float(v.mean()), float(v.mean() - 1.96 * se),
