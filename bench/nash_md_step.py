@@ -407,7 +407,7 @@ def _encdec_iteration(args, config, prompts):
         assert np.all(roll.lengths == args.new_tokens) and np.all(roll.alt_lengths == args.new_tokens)
         pref = np.asarray(jax.device_get(judge(judge_params, roll.prompts, roll.tokens, roll.alt_tokens)),
                           np.float32)
-        return pref.copy(), pref, None
+        return pref.copy(), pref, {}, None
 
     phases = online.make_phases(network, tx, opt.schedule.build(), nashmd, shardings, mesh_)
     step_fn = online.step_fn(phases, {"reference": ref_params}, nashmd, seed=0,

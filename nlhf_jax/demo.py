@@ -338,7 +338,8 @@ def stage_plan(preset_name: str, out: str, world_seed: int = 0) -> tuple[list, l
         plan.append(Stage(judge, (f"configs/experiments/world_{judge}.gin", f"configs/demo/{judge}.gin"),
                           judge_inputs, ("sft",)))
     policy_inputs = seed + (f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
-                            f"vocab.world_vocabulary.data_dir = '{world_dir}'")
+                            f"vocab.world_vocabulary.data_dir = '{world_dir}'",
+                            f"describe.StyleMonitor.data_dir = '{world_dir}'")
     names = ["sft"]
     for name, algorithm, extra in preset.policies:
         judge = "rm" if algorithm == "rlhf" else "pm"

@@ -194,8 +194,10 @@ def make_phases(
 # (step) -> (prompt ids int32 [B, K] on the host, the prompts' texts or None)
 PromptsFn = Callable[[int], tuple[np.ndarray, Optional[list]]]
 # (rollout on the host, prompt texts) -> (reward float32 [B], P(y > y') [B] or None,
-#  example texts {"samples/...": str} or None, logged every `log_samples_every` steps)
-ScoreFn = Callable[[Rollout, Optional[list]], tuple[np.ndarray, Optional[np.ndarray], Optional[dict]]]
+#  metrics of the samples {name: float} (logged every step; {} for none), example texts
+#  {"samples/...": str} or None (logged every `log_samples_every` steps))
+ScoreFn = Callable[[Rollout, Optional[list]],
+                   tuple[np.ndarray, Optional[np.ndarray], dict, Optional[dict]]]
 
 
 def step_fn(
@@ -219,7 +221,8 @@ def step_fn(
       seed: the run's seed; step s uses fold_in(key(seed), s).
 
     Metrics: the update's, plus beta, tau, rollout lengths and EOS rate, the preference
-    against y' (not for RLHF), and seconds per phase (`time/*`).
+    against y' (not for RLHF), the score callback's sample metrics, and seconds per
+    phase (`time/*`).
     """
     base_rng = jax.random.key(seed)
     beta_fn, tau_fn = nashmd.schedule(nashmd.beta), nashmd.schedule(nashmd.tau)
@@ -233,7 +236,7 @@ def step_fn(
         beta = beta_fn(step)
         roll = jax.device_get(phases.sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta))
         t1 = time.perf_counter()
-        reward, pref, texts = score_fn(roll, prompt_texts)
+        reward, pref, sample_metrics, texts = score_fn(roll, prompt_texts)
         reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
         t2 = time.perf_counter()
         ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
@@ -258,6 +261,7 @@ def step_fn(
             "time/reference_s": t3 - t2, "time/update_s": t4 - t3,
             "perf/samples_per_s": n_rows / max(t4 - t0, 1e-9),
         })
+        metrics.update(sample_metrics)
         if pref is not None:
             metrics["nashmd/pref_vs_alt"] = float(np.mean(pref))
             metrics["rollout/alt_length"] = float(np.mean(roll.alt_lengths))

@@ -12,7 +12,7 @@ initialises the state, wires the judge to the step, and runs the loop.
 import dataclasses
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ def train_policy(
     rules: Optional[Sequence] = None,
     checkpoint: checkpointing.CheckpointConfig = checkpointing.CheckpointConfig(),
     eval_fn: Any = None,
+    sample_metrics: Optional[Callable[[Sequence[str]], dict]] = None,
 ) -> trainer.LoopResult:
     """Trains a policy from the SFT run in `sft_dir` (also the frozen reference mu).
 
@@ -59,6 +60,8 @@ def train_policy(
       nashmd: the algorithm and its hyper-parameters.
       optimizer, mesh, rules, checkpoint: as for `nlhf train`.
       eval_fn: optional (params) -> dict of metrics, run every `loop.eval_every`.
+      sample_metrics: optional (the step's decoded samples y) -> {name: float}, logged
+        every step; on the world `describe.StyleMonitor` (style shares, TV to Nash(tau)).
 
     Returns:
       The final state and metrics (EMA runs also write `<model_dir>/ema`).
@@ -87,7 +90,7 @@ def train_policy(
     phases = online.make_phases(network, tx, optimizer.schedule.build(), nashmd, shardings, mesh_)
     step = online.step_fn(phases, frozen, nashmd, seed=loop.seed,
                           prompts_fn=prompts_fn,
-                          score_fn=_score_fn(judge, vocabulary, nashmd))
+                          score_fn=_score_fn(judge, vocabulary, nashmd, sample_metrics))
     companions = []
     if ema_ckpt is not None:  # saved with the policy, at its step
         companions.append(trainer.Companion(ema_ckpt, lambda s: train_state_lib.TrainState(
@@ -142,9 +145,11 @@ def _prompts_fn(prompts: input_pipeline.ArrayDataset, loop: trainer.LoopConfig,
     return fn
 
 
-def _score_fn(judge: Any, vocabulary: Any, nashmd: online.NashMDConfig) -> online.ScoreFn:
+def _score_fn(judge: Any, vocabulary: Any, nashmd: online.NashMDConfig,
+              sample_metrics: Optional[Callable[[Sequence[str]], dict]] = None) -> online.ScoreFn:
     """The judge on decoded text: `judge.rewards(prompts, ys)` for RLHF, else
-    `judge.prob(prompts, ys, ys_alt)` (the preference is the reward, paper §7)."""
+    `judge.prob(prompts, ys, ys_alt)` (the preference is the reward, paper §7); and
+    `sample_metrics(ys)` when given."""
 
     def fn(roll, prompts):
         ys = arrays.decode_tokens(vocabulary, np.asarray(roll.tokens), np.asarray(roll.lengths))
@@ -155,9 +160,10 @@ def _score_fn(judge: Any, vocabulary: Any, nashmd: online.NashMDConfig) -> onlin
             ys_alt = arrays.decode_tokens(vocabulary, np.asarray(roll.alt_tokens), np.asarray(roll.alt_lengths))
             pref = np.asarray(judge.prob(prompts, ys, ys_alt), np.float32)
             reward = pref.copy()
+        extra = dict(sample_metrics(ys)) if sample_metrics is not None else {}
         texts = {"samples/prompt": prompts[0][:400], "samples/y": ys[0]}
         if ys_alt is not None:
             texts["samples/y_alt"] = ys_alt[0]
-        return reward, pref, texts
+        return reward, pref, extra, texts
 
     return fn

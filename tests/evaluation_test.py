@@ -169,3 +169,21 @@ def test_report_first_prompts_keep_every_field_aligned():
     np.testing.assert_array_equal(cut.lengths, np.arange(4))
     np.testing.assert_array_equal(cut.seq_logp, np.arange(4.0))
     assert cut.seq_ref_logp is None and len(s.texts) == 6
+
+
+def test_style_curves_read_the_monitor_metrics(tmp_path):
+    from nlhf_jax.evaluation import tables
+
+    run = tmp_path / "nash_md"
+    run.mkdir()
+    with open(run / "metrics.jsonl", "w") as f:
+        for step in range(1, 7):
+            f.write(json.dumps({"step": step, "world/style/concise": step / 10, "world/style/exhaustive": 0.1,
+                                "world/tv_to_nash": 1 - step / 10}) + "\n")
+    (tmp_path / "rlhf").mkdir()  # a run without the metrics is skipped
+    curves = tables.style_curves(str(tmp_path / "styles.png"), {"nash_md": str(run), "rlhf": str(tmp_path / "rlhf")},
+                                 smooth=2)
+    assert list(curves) == ["nash_md"] and (tmp_path / "styles.png").is_file()
+    assert curves["nash_md"]["step"] == [2, 3, 4, 5, 6]
+    np.testing.assert_allclose(curves["nash_md"]["concise"], [0.15, 0.25, 0.35, 0.45, 0.55])
+    assert tables.style_curves(str(tmp_path / "none.png"), {"rlhf": str(tmp_path / "rlhf")}) == {}

@@ -2,6 +2,7 @@
 frozen models; the sharded update equals the single-device one; schedules."""
 
 import functools
+import json
 import os
 
 import flax.linen as nn
@@ -60,8 +61,13 @@ def prompts():
     return ds
 
 
+def _words(ys):  # a sample metric: logged on every step next to the update's metrics
+    return {"samples/mean_words": float(np.mean([len(y.split()) for y in ys]))}
+
+
 def _run(model_dir, sft_dir, prompts, steps_, algorithm="nash_md", beta=0.125, save_every=2):
     return run_policy.train_policy(
+        sample_metrics=_words,
         model_dir=model_dir, sft_dir=sft_dir, prompts=prompts, judge=_ShortIsBetter(),
         vocabulary=_Vocab(), loop=trainer.LoopConfig(num_steps=steps_, **LOOP),
         nashmd=online.NashMDConfig(algorithm=algorithm, beta=beta, tau=0.05, max_decode_len=6,
@@ -88,6 +94,7 @@ def test_algorithms_run_and_leave_frozen_models_alone(algorithm, beta, sft_dir, 
     assert max(moved) > 0
     rows = [r for r in open(os.path.join(tmp_path / algorithm, "metrics.jsonl"))]
     assert len(rows) == 3 and "policy/kl_ref" in rows[-1] and "samples/y" in rows[-1]
+    assert all("samples/mean_words" in json.loads(r) for r in rows)
     if algorithm != "rlhf":
         assert "nashmd/pref_vs_alt" in rows[-1]
     if algorithm == "nash_ema":

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nlhf_jax.data.world import cli, describe, game, generator, styles
+from nlhf_jax.data.world import cli, describe, game, generator, grammar, styles
 
 CONCISE, EXHAUSTIVE, FEELINGS, CHRONO = range(4)
 
@@ -112,3 +112,18 @@ def test_describe_cli_prints_the_prediction(capsys):
         assert needle in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("0.005 ", "0.1 "))]
     assert len(rows) == 4  # two tables
+
+
+def test_style_monitor_shares_and_distances():
+    monitor = describe.StyleMonitor(tau=0.02)
+    rep = describe.describe_world(generator.WorldConfig(), taus=(0.02,))
+    np.testing.assert_allclose(monitor.nash, rep.style_predictions[0].nash)
+    rng = np.random.default_rng(0)
+    p = grammar.sample_post(rng, "monitor-0")
+    texts = [styles.render_summary(rng, p, s, 0) for s in (0, 0, 0, 1)] + [""]
+    m = monitor(texts)
+    share = np.array([m[f"world/style/{n}"] for n in styles.STYLES])
+    np.testing.assert_allclose(share, [0.75, 0.25, 0.0, 0.0])
+    assert m["world/style/none"] == pytest.approx(0.2)
+    assert m["world/tv_to_nash"] == pytest.approx(0.5 * np.abs(share - monitor.nash).sum())
+    assert m["world/tv_to_rlhf"] == pytest.approx(0.5 * np.abs(share - monitor.rlhf).sum())

@@ -127,3 +127,56 @@ def _padded(eq: np.ndarray, k: int) -> np.ndarray:
     full = np.zeros(k)
     full[: len(eq)] = eq
     return full
+
+
+def style_curves(path: str, runs: dict, smooth: int = 10) -> dict:
+    """Figure of each policy run's style shares and TV distance to Nash(tau) by step.
+
+    Reads the `world/*` metrics that `describe.StyleMonitor` logs on every step (the
+    samples of the step, so each point is a noisy estimate from one batch; curves are
+    averaged over `smooth` steps). Runs without them are skipped.
+
+    Args:
+      path: the PNG to write.
+      runs: {policy name: its run directory (with metrics.jsonl)}.
+      smooth: moving-average window in steps.
+
+    Returns:
+      {name: {"step": [...], "concise": [...], "exhaustive": [...], "tv_to_nash": [...]}}
+      (smoothed), also the figure's data; {} and no file when no run has the metrics.
+    """
+    from nlhf_jax import metrics as metrics_lib
+
+    keys = ("world/style/concise", "world/style/exhaustive", "world/tv_to_nash")
+    curves = {}
+    for name, run_dir in runs.items():
+        f = os.path.join(run_dir, "metrics.jsonl")
+        rows = [r for r in metrics_lib.read_jsonl(f) if all(k in r for k in keys)] if os.path.isfile(f) else []
+        if not rows:
+            continue
+        w = max(1, min(smooth, len(rows)))
+        avg = lambda v: np.convolve(np.asarray(v, np.float64), np.ones(w) / w, mode="valid")  # noqa: E731
+        curves[name] = {"step": [r["step"] for r in rows][w - 1:],
+                        **{k.split("/")[-1]: avg([r[k] for r in rows]).tolist() for k in keys}}
+    if not curves:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, c in curves.items():
+        for ax, key in zip(axes, ("concise", "exhaustive", "tv_to_nash")):
+            ax.plot(c["step"], c[key], label=name)
+    for ax, title in zip(axes, ("share of concise samples", "share of exhaustive samples",
+                                "TV(style shares, Nash(tau))")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return curves

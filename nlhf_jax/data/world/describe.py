@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from nlhf_jax.data.world import game, generator, styles
+from nlhf_jax.data.world import game, generator, parser, styles
 
 TAUS = (0.005, 0.01, 0.02, 0.05, 0.1)
 
@@ -127,6 +127,44 @@ def _predict_on_support(P, mu, reward, taus) -> list:
         nash[keep], rlhf[keep] = p.nash, p.rlhf
         out.append(dataclasses.replace(p, nash=nash, rlhf=rlhf))
     return out
+
+
+class StyleMonitor:
+    """Style shares of a policy's samples and their distance to the world's predictions,
+    as per-step training metrics (the curves of `docs/results-world.md`).
+
+    Called with the step's decoded samples y (B strings), it returns
+
+      world/style/<name>   share of each style among the samples with a style;
+      world/style/none     share of samples with no content (no style);
+      world/tv_to_nash     total variation between the style shares and Nash(tau), the
+                           regularised equilibrium of the style game (paper §3, Eq. 1 with
+                           mu = the SFT style mix);
+      world/tv_to_rlhf     the same to the RLHF policy mu exp(r / tau) / Z under the
+                           Bradley-Terry reward fitted on pairs from mu.
+
+    Args:
+      tau: the run's regularisation (a policy run binds its TAU).
+      data_dir: a world directory (its config); None: the default world of `seed`.
+      seed: the world's seed when `data_dir` is None.
+      n_posts: posts over which the style game is measured (once, at construction).
+    """
+
+    def __init__(self, tau: float, data_dir: Optional[str] = None, seed: int = 0, n_posts: int = 256):
+        config = generator.load_config(data_dir) if data_dir else generator.WorldConfig(seed=seed)
+        pred = describe_world(config, n_posts=n_posts, taus=(tau,)).style_predictions[0]
+        self.nash, self.rlhf, self.tau = np.asarray(pred.nash), np.asarray(pred.rlhf), float(tau)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, float]:
+        k = len(styles.STYLES)
+        counts = np.bincount(parser.style_of(texts), minlength=k + 1).astype(np.float64)
+        styled = counts[:k].sum()
+        share = counts[:k] / styled if styled else np.full(k, np.nan)
+        out = {f"world/style/{name}": float(x) for name, x in zip(styles.STYLES, share)}
+        out["world/style/none"] = float(counts[k:].sum() / max(len(texts), 1))
+        out["world/tv_to_nash"] = float(0.5 * np.abs(share - self.nash).sum())
+        out["world/tv_to_rlhf"] = float(0.5 * np.abs(share - self.rlhf).sum())
+        return out
 
 
 def _vec(v: np.ndarray) -> str:
