@@ -90,6 +90,48 @@ class WorldJudge:
         return self.prob(*_decode(vocabulary, prompt_ids, y_ids, y_alt_ids))
 
 
+class WorldBTReward:
+    """The Bradley-Terry reward of the world's raters: the oracle RLHF reward.
+
+    r(y) = r_style[style(y)] + quality(y) / T, where r_style is the BT reward that
+    `nlhf world --describe` fits to P*'s style matrix on pairs drawn from the SFT style
+    mix mu (`describe.WorldReport.reward_style`), quality(y) is the raters' shared
+    quality utility and T the weight-averaged rater temperature. On two summaries of the
+    same style P* is exactly sigmoid((quality(y) - quality(y')) / T) when the types share
+    one temperature (the default world), so this is P*'s BT projection: what a perfect
+    reward model trained on pairs from mu converges to, cycle removed. Text with no
+    content word (style ``none``) gets the mean style reward plus the raters' mean
+    utility gap between ``none`` and a style, in the same logit units.
+
+    `rewards(prompts, ys)` for RLHF; `prob` = sigmoid(r(y) - r(y')) so that it can also
+    stand in for a preference judge.
+    """
+
+    def __init__(self, data_dir: Optional[str] = None, seed: int = 0, n_posts: int = 256):
+        from nlhf_jax.data.world import describe, generator
+        from nlhf_jax.data.world import raters as raters_lib
+
+        config = generator.load_config(data_dir) if data_dir else generator.WorldConfig(seed=seed)
+        self.raters = raters_lib.RaterPanel(config.population)
+        pop = config.population
+        reward_style = describe.describe_world(config, n_posts=n_posts, taus=()).reward_style
+        self.temperature = float(pop.weights @ pop.temperatures)
+        gap = pop.weights @ ((pop.none_style - pop.style_table[:, :-1].mean(1)) / pop.temperatures)
+        self.style_rewards = np.append(reward_style, reward_style.mean() + gap)  # [S + 1]
+
+    def rewards(self, prompts: Sequence[str], ys: Sequence[str]) -> np.ndarray:
+        """r(y) in logits, float64 [B]."""
+        f = self.raters.features([post_from_prompt(p) for p in prompts], list(ys))
+        return self.style_rewards[f.style] + self.raters.population.quality(f) / self.temperature
+
+    def prob(self, prompts: Sequence[str], ys: Sequence[str], ys_alt: Sequence[str]) -> np.ndarray:
+        d = self.rewards(prompts, ys) - self.rewards(prompts, ys_alt)
+        return 0.5 * (1.0 + np.tanh(0.5 * d))  # sigmoid, exactly antisymmetric
+
+    def prob_tokens(self, prompt_ids, y_ids, y_alt_ids, vocabulary) -> np.ndarray:
+        return self.prob(*_decode(vocabulary, prompt_ids, y_ids, y_alt_ids))
+
+
 def _decode(vocabulary: Any, *rows: IdRows) -> list[list[str]]:
     """Texts of each batch of id rows of the policy's `vocabulary`: a seqio vocabulary,
     a `pairwise.Tokenizer`, or a SentencePiece model (path or serialized bytes)."""

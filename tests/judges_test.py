@@ -406,3 +406,26 @@ def test_prompt_datasets_carry_the_judge_prompts(world):
     records, _ = jsonl.read_prompts(generator.split_path(world, "prompts", "valid"))
     assert ds.meta["prompts"] == [templates.post_prompt(r) for r in records]
     assert ds.meta["posts"] == [r["post"] for r in records]
+
+
+def test_world_bt_reward_is_the_bt_projection_of_pstar():
+    from nlhf_jax.data.world import describe, grammar, styles
+
+    bt = judges.WorldBTReward(n_posts=64)
+    rep = describe.describe_world(generator.WorldConfig(), n_posts=64, taus=())
+    np.testing.assert_allclose(bt.style_rewards[:4], rep.reward_style)
+    assert int(np.argmax(bt.style_rewards)) == rep.bt_first != rep.condorcet  # the cycle is gone
+    # Same style on both sides: P* is sigmoid of the quality gap / T, which BT reproduces.
+    rng = np.random.default_rng(0)
+    prompts, ys, ys_alt = [], [], []
+    for i in range(24):
+        post = grammar.sample_post(rng, f"bt-{i}")
+        style = i % 4
+        prompts.append(templates.post_prompt({"subreddit": post.subreddit, "title": post.title, "post": post.text}))
+        ys.append(styles.render_summary(rng, post, style, i % 3))
+        ys_alt.append(styles.render_summary(rng, post, style, (i + 1) % 3))
+    same = raters.RaterPanel.style(ys) == raters.RaterPanel.style(ys_alt)
+    assert same.sum() >= 12
+    p_star = judges.WorldJudge().prob(prompts, ys, ys_alt)
+    np.testing.assert_allclose(bt.prob(prompts, ys, ys_alt)[same], p_star[same], atol=1e-9)
+    np.testing.assert_allclose(bt.prob(prompts, ys, ys_alt) + bt.prob(prompts, ys_alt, ys), 1.0)
