@@ -336,6 +336,8 @@ def run_cli(argv: Sequence[str]):
     # exits 0 (trainer.run_loop).
     with trainer.preemption_guard():
         result = entry_point()()
-    if result.preempted:
+    if result.preempted and result.steps_run:
         logging.warning("preempted: checkpoint saved; rerun the same command to resume")
+    elif result.preempted:
+        logging.warning("preempted before the first step: nothing saved; rerun the same command")
     return 0, result

@@ -293,11 +293,14 @@ def test_sigterm_at_any_point_saves_exits_zero_and_resumes_exactly(gin_file, ref
     out = _train(gin_file, model_dir, "TERM@start#1")
     assert out.returncode == 0, out.stderr[-3000:]
     assert not glob.glob(os.path.join(model_dir, "checkpoints", "[0-9]*")), "nothing to save yet"
+    assert "nothing saved" in out.stderr and "checkpoint saved" not in out.stderr
     saved = []
     for fault in ("TERM@step#2", "TERM@eval#1", "TERM@save#2", "TERM@final_save#1"):
         out = _train(gin_file, model_dir, fault)
         assert out.returncode == 0, (fault, out.stderr[-3000:])
         assert "SIGTERM received" in out.stderr, fault
+        if fault != "TERM@final_save#1":  # the last one finishes instead of stopping
+            assert "preempted: checkpoint saved" in out.stderr, fault
         ckpts = os.listdir(os.path.join(model_dir, "checkpoints"))
         assert not [n for n in ckpts if "tmp" in n], (fault, ckpts)
         saved.append(_final(model_dir)[0])
