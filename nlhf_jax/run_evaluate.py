@@ -11,7 +11,9 @@ Clopper-Pearson interval (Table 1 of the paper). Judges: the world's raters P*
 tau * [log pi_r(y_r)/mu(y_r) - log pi_c(y_c)/mu(y_c)] with mu the SFT policy).
 Outputs: matrix.md, matrix.csv, matrix.json (everything needed to recompute),
 heatmap.png and, on the world, the style distribution of each policy next to the
-regularised Nash equilibrium over styles.
+regularised Nash equilibrium over styles. `--judge_diagnostics PM_DIR[,RM_DIR]` adds
+judge_diagnostics.md/.json: the learned judges' style matrices against P*'s and the
+policies they predict at --tau_nash and --tau_rlhf (`evaluation.diagnostics`).
 
 Sampling every policy is most of the run, so every argument is checked first
 (`check_args`): the judge spec and its directory, each policy directory, the world and
@@ -54,6 +56,7 @@ class Plan:
       world_dir: the world whose prompts are sampled and whose raters are P*.
       prompt_files: the prompt JSONL file of each split.
       cfg: decoding settings.
+      diagnostics: (PM directory, RM directory or None) of --judge_diagnostics, or None.
     """
 
     policies: list
@@ -63,6 +66,7 @@ class Plan:
     world_dir: str
     prompt_files: list
     cfg: decoding.SamplingConfig
+    diagnostics: Optional[tuple[str, Optional[str]]] = None
 
 
 def parse_judge(spec: str) -> tuple[str, Optional[str]]:
@@ -142,17 +146,22 @@ def policy_vocab_problem(what: str, model_dir: str, vocab_size: int, pieces: int
     return None
 
 
-def judge_problems(spec: str, kind: str, judge_dir: str) -> list[str]:
+def judge_problems(spec: str, kind: str, judge_dir: str, what: Optional[str] = None) -> list[str]:
     """Whether a pm/rm/ptau directory holds a learned judge that `judges.load_judge` loads.
 
     A learned judge re-tokenises the decoded texts with its own vocabulary copy (named by
     judge.json), so it need not share the world's vocabulary; what must agree is that
     copy and the judge's own embedding table.
+
+    Args:
+      spec: the --judge value; what: the argument that starts every message (default
+        "--judge SPEC"; another argument gets no "use --judge ..." hint).
     """
     from nlhf_jax import checkpointing
     from nlhf_jax.data import pairwise
 
-    what = f"--judge {spec}"
+    hint = what is None
+    what = what or f"--judge {spec}"
     if not os.path.isdir(judge_dir):
         return [f"{what}: no directory {judge_dir}"]
     problems, encoder = [], None
@@ -169,8 +178,8 @@ def judge_problems(spec: str, kind: str, judge_dir: str) -> list[str]:
             got = judge_spec.get("kind")
             if wanted and got != wanted:  # ptau takes either
                 other = "rm" if got == pairwise.REWARD else "pm"
-                problems.append(f"{what}: a {got} model (judge.json kind {got!r}), not a {wanted} model; "
-                                f"use --judge {other}:{judge_dir}")
+                problems.append(f"{what}: a {got} model (judge.json kind {got!r}), not a {wanted} model"
+                                + (f"; use --judge {other}:{judge_dir}" if hint else ""))
     config, run_problems = run_dir_problems(what, judge_dir)
     problems += run_problems
     if config is not None and encoder is not None and encoder.tokenizer.vocab_size > config.vocab_size:
@@ -218,6 +227,8 @@ def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
     problems += policy_problems
     kind, judge_dir, ref_dir, judge_arg_problems = _judge_arg_problems(a, policies, configs)
     problems += judge_arg_problems
+    diag, diag_problems = _diagnostics_problems(a.judge_diagnostics)
+    problems += diag_problems
     splits = a.split.split("+")
     world_dir, requested, world_refusal = _checked_world(a.world_dir, splits, problems)
     if world_refusal:
@@ -232,11 +243,28 @@ def check_args(a: argparse.Namespace) -> tuple[Optional[Plan], list[str]]:
         return None, problems
     cfg = decoding.SamplingConfig(temperature=a.temperature, max_decode_len=a.max_decode_len)
     files = [generator.split_path(world_dir, "prompts", s) for s in splits]
-    return Plan(policies, kind, judge_dir, ref_dir, world_dir, files, cfg), []
+    return Plan(policies, kind, judge_dir, ref_dir, world_dir, files, cfg, diag), []
+
+
+def _diagnostics_problems(spec: Optional[str]) -> tuple[Optional[tuple[str, Optional[str]]], list[str]]:
+    """--judge_diagnostics PM_DIR[,RM_DIR]: ((PM directory, RM directory or None), problems);
+    (None, []) when not given."""
+    if spec is None:
+        return None, []
+    what = f"--judge_diagnostics {spec}"
+    parts = spec.split(",")
+    if len(parts) > 2 or not all(parts):
+        return None, [f"{what}: expected PM_DIR or PM_DIR,RM_DIR"]
+    pm_dir, rm_dir = parts[0], (parts[1] if len(parts) == 2 else "")
+    problems = judge_problems(spec, "pm", pm_dir, what=f"{what} (PM_DIR)")
+    if rm_dir:
+        problems += judge_problems(spec, "rm", rm_dir, what=f"{what} (RM_DIR)")
+    return (pm_dir, rm_dir or None), problems
 
 
 def _number_problems(a: argparse.Namespace) -> list[str]:
-    """--num_prompts, --max_decode_len, --temperature, --tau, and --out not a file."""
+    """--num_prompts, --max_decode_len, --temperature, --tau, --tau_nash, --tau_rlhf, and
+    --out not a file."""
     problems = []
     for flag, value in (("--num_prompts", a.num_prompts), ("--max_decode_len", a.max_decode_len)):
         if value < 1:
@@ -246,6 +274,10 @@ def _number_problems(a: argparse.Namespace) -> list[str]:
         problems.append(f"--temperature {a.temperature}: must be > 0 and finite")
     if not (math.isfinite(a.tau) and a.tau >= 0):
         problems.append(f"--tau {a.tau}: must be >= 0 and finite")
+    # The Nash and RLHF solutions divide by them (judge diagnostics).
+    for flag, value in (("--tau_nash", a.tau_nash), ("--tau_rlhf", a.tau_rlhf)):
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"{flag} {value}: must be > 0 and finite")
     if a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         problems.append(f"--out {a.out}: a file, not a directory")
     return problems
@@ -343,7 +375,7 @@ def _vocab_problems(named: Sequence[tuple[str, str]], configs: dict, world_dir: 
     return problems
 
 
-def main(argv) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nlhf evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", action="append", required=True, metavar="NAME=DIR",
                    help="a policy run directory (repeat); SFT included")
@@ -356,7 +388,19 @@ def main(argv) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max_decode_len", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge_diagnostics", default=None, metavar="PM_DIR[,RM_DIR]",
+                   help="also compare a PM (and an RM) with P* at the style level and the policies they "
+                        "predict: judge_diagnostics.md/.json in --out")
+    p.add_argument("--tau_nash", type=float, default=0.008,
+                   help="judge diagnostics: the tau Nash-MD-PG trained with")
+    p.add_argument("--tau_rlhf", type=float, default=0.05,
+                   help="judge diagnostics: the tau RLHF trained with")
     p.add_argument("--out", required=True)
+    return p
+
+
+def main(argv) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     plan, problems = check_args(a)
     if problems:
@@ -373,17 +417,11 @@ def main(argv) -> int:
     prompts, posts = ds.meta["prompts"], ds.meta["posts"]
     if not prompts:
         p.error(f"--split {a.split}: no prompts in {', '.join(files)}")
-    cfg = plan.cfg
-    # The judge's model is loaded before sampling, so that its failures come first too.
-    from nlhf_jax import judges
-
-    if kind == "world":
-        judge = judges.WorldJudge(world_dir)
-        title = "world raters P*"
-    else:
-        judge = judges.load_judge(plan.judge_dir)
-        title = {"pm": "preference model", "rm": "reward model", "ptau": f"P_tau (tau={a.tau})"}[kind]
-    samples = sampling.sample_policies(policies, ds.features["prompts"], voc, cfg, a.seed, plan.reference_dir)
+    # The judges' models are loaded before sampling, so that their failures come first too.
+    judge, title = _load_judge(plan, a.tau)
+    diag_judges = _load_diagnostics_judges(plan)
+    samples = sampling.sample_policies(policies, ds.features["prompts"], voc, plan.cfg, a.seed,
+                                       plan.reference_dir)
     names = [s.name for s in samples]
     if kind == "ptau":
         cells = stats.ptau_cells(samples, prompts, judge.prob, a.tau,
@@ -391,7 +429,7 @@ def main(argv) -> int:
     else:
         responses = {s.name: s.texts for s in samples}
         cells = stats.win_rate_matrix(names, responses, prompts, lambda x, y, z: stats.judge_texts(judge, x, y, z))
-    extra = {"decoding": dataclasses.asdict(cfg), "num_prompts": len(prompts), "split": a.split,
+    extra = {"decoding": dataclasses.asdict(plan.cfg), "num_prompts": len(prompts), "split": a.split,
              "policies": dict(policies), "judge": a.judge}
     md = tables.write_outputs(a.out, names, cells, title, extra)
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
@@ -400,12 +438,50 @@ def main(argv) -> int:
         f.write(st_md + "\n\n" + q_md + "\n")
     with open(os.path.join(a.out, "styles.json"), "w") as f:
         json.dump({**st, "quality": q}, f, indent=1)
-    print(md)
-    print()
-    print(st_md)
-    print()
-    print(q_md)
+    print(md, st_md, q_md, sep="\n\n")
+    # Style shares by training step, for the runs that logged them (world policy runs).
+    if tables.style_curves(os.path.join(a.out, "style_curves.png"), dict(policies)):
+        print(f"\nstyle shares by training step: {os.path.join(a.out, 'style_curves.png')}")
+    if diag_judges is not None:
+        print()
+        print(write_judge_diagnostics(a.out, world_dir, *diag_judges, tau_nash=a.tau_nash,
+                                      tau_rlhf=a.tau_rlhf))
     return 0
+
+
+def _load_judge(plan: Plan, tau: float) -> tuple[Any, str]:
+    """The --judge judge and the matrix's title."""
+    from nlhf_jax import judges
+
+    if plan.judge_kind == "world":
+        return judges.WorldJudge(plan.world_dir), "world raters P*"
+    title = {"pm": "preference model", "rm": "reward model", "ptau": f"P_tau (tau={tau})"}[plan.judge_kind]
+    return judges.load_judge(plan.judge_dir), title
+
+
+def _load_diagnostics_judges(plan: Plan) -> Optional[tuple[Any, Any]]:
+    """(PM judge, RM judge or None) of --judge_diagnostics, or None when not asked for."""
+    from nlhf_jax import judges
+
+    if plan.diagnostics is None:
+        return None
+    pm_dir, rm_dir = plan.diagnostics
+    return judges.load_judge(pm_dir), (judges.load_judge(rm_dir) if rm_dir else None)
+
+
+def write_judge_diagnostics(out: str, world_dir: str, pm, rm, *, tau_nash: float, tau_rlhf: float) -> str:
+    """`diagnostics.world_judge_diagnostics` into <out>/judge_diagnostics.md and .json;
+    returns the markdown."""
+    from nlhf_jax.evaluation import diagnostics
+
+    md, numbers = diagnostics.world_judge_diagnostics(world_dir, pm, rm, tau_nash=tau_nash, tau_rlhf=tau_rlhf)
+    md = diagnostics.HEADING + "\n\n" + md
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "judge_diagnostics.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(out, "judge_diagnostics.json"), "w") as f:
+        json.dump(numbers, f, indent=1)
+    return md
 
 
 if __name__ == "__main__":

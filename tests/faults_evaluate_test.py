@@ -235,3 +235,44 @@ def test_valid_arguments_reach_sampling_with_the_judge_loaded_first(tmp_path, wo
     assert policies == [("sft", runs["sft"]), ("wide", wide)] and ref == runs["sft"]
     assert shape[0] == 4 and cfg.max_decode_len == 4
     assert json.load(open(os.path.join(world, "world.json")))["fingerprint"] == TINY_WORLD.fingerprint()
+
+
+def test_judge_diagnostics_arguments_are_checked_before_sampling(tmp_path, world, runs, no_sampling, capsys):
+    """--judge_diagnostics PM_DIR[,RM_DIR] names its argument and the directory at fault."""
+    missing = str(tmp_path / "no_such_pm")
+    err = _refused(capsys, lambda: _evaluate(tmp_path, world, runs, f"--judge_diagnostics={missing}"))
+    assert f"--judge_diagnostics {missing} (PM_DIR): no directory {missing}" in err
+    spec = f"{runs['pm']},{missing}"
+    err = _refused(capsys, lambda: _evaluate(tmp_path, world, runs, f"--judge_diagnostics={spec}"))
+    assert f"--judge_diagnostics {spec} (RM_DIR): no directory {missing}" in err
+    assert "(PM_DIR)" not in err  # the good PM is not blamed
+    # The two swapped: each is the other kind of model.
+    spec = f"{runs['rm']},{runs['pm']}"
+    err = _refused(capsys, lambda: _evaluate(tmp_path, world, runs, f"--judge_diagnostics={spec}"))
+    assert f"--judge_diagnostics {spec} (PM_DIR): a reward model (judge.json kind 'reward')" in err
+    assert f"--judge_diagnostics {spec} (RM_DIR): a preference model" in err
+    for spec in (f"{runs['pm']},", f",{runs['rm']}", f"{runs['pm']},{runs['rm']},{runs['rm']}"):
+        err = _refused(capsys, lambda: _evaluate(tmp_path, world, runs, f"--judge_diagnostics={spec}"))
+        assert f"--judge_diagnostics {spec}: expected PM_DIR or PM_DIR,RM_DIR" in err
+    for flag, expected in (("--tau_nash=0", "--tau_nash 0.0: must be > 0"),
+                           ("--tau_rlhf=inf", "--tau_rlhf inf: must be > 0")):
+        assert expected in _refused(capsys, lambda: _evaluate(tmp_path, world, runs, flag))
+    assert not no_sampling
+
+
+def test_judge_diagnostics_models_are_loaded_before_sampling(tmp_path, world, runs, monkeypatch):
+    from nlhf_jax import judges
+
+    loaded = []
+    monkeypatch.setattr(judges, "load_judge", lambda d, **kw: loaded.append(d) or object())
+
+    class Stop(Exception):
+        pass
+
+    def sample(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(sampling, "sample_policies", sample)
+    with pytest.raises(Stop):
+        _evaluate(tmp_path, world, runs, f"--judge_diagnostics={runs['pm']},{runs['rm']}")
+    assert loaded == [runs["pm"], runs["rm"]]

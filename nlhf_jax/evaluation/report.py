@@ -14,9 +14,15 @@ import numpy as np
 
 from nlhf_jax import decoding
 from nlhf_jax import metrics as metrics_lib
+from nlhf_jax.data.world import game
+from nlhf_jax.evaluation import diagnostics
 from nlhf_jax.evaluation import sampling
 from nlhf_jax.evaluation import stats
 from nlhf_jax.evaluation import tables
+
+
+# RLHF's tau when its run logged none (the demo's RLHF configs train at 0.05).
+RLHF_TAU = 0.05
 
 
 def _policy_dir(out: str, name: str) -> str:
@@ -151,10 +157,18 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     q_md, quality = tables.quality_table(samples, world_dir, posts)
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
-    pred = describe.describe_world(generator.load_config(world_dir), taus=(tau, 0.05)).style_predictions
-    text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, pred),
+    tables.style_curves(os.path.join(eval_dir, "style_curves.png"),
+                        {n: _policy_dir(out, n) for n in names if n != "sft" and not n.endswith("*")})
+    tau_nash, tau_rlhf = trained_taus(out, names, tau)
+    diag_md, diag = diagnostics.world_judge_diagnostics(
+        world_dir, pm, judges.load_judge(os.path.join(out, "rm")), tau_nash=tau_nash, tau_rlhf=tau_rlhf)
+    progress(f"judge diagnostics at the style level ({diag['n_per_cell']} pairs per cell)")
+    world_rep = describe.describe_world(generator.load_config(world_dir), taus=(tau_nash, tau_rlhf))
+    pred = world_rep.style_predictions
+    trained = game.predict_mixed(world_rep.P_style, world_rep.mu, world_rep.reward_style, tau_nash, tau_rlhf)
+    text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, trained),
                             paper_md=_paper_findings_markdown(pstar, names), md_pstar=md_pstar, md_ptau=md_ptau,
-                            judges_md=judges_md, st_md=st_md, q_md=q_md, timings=timings)
+                            judges_md=judges_md, diag_md=diag_md, st_md=st_md, q_md=q_md, timings=timings)
     path = os.path.join(eval_dir, "report.md")
     with open(path, "w") as f:
         f.write(text + "\n")
@@ -164,7 +178,12 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
                    "pstar": {f"{r}|{c}": v.mean for (r, c), v in pstar.items()},
                    "ptau": {f"{r}|{c}": v.mean for (r, c), v in ptau.items()},
                    "predictions": [{"tau": p.tau, "nash_vs_rlhf": p.nash_vs_rlhf, "nash_vs_sft": p.nash_vs_sft,
-                                    "rlhf_vs_sft": p.rlhf_vs_sft} for p in pred]}, f, indent=1)
+                                    "rlhf_vs_sft": p.rlhf_vs_sft} for p in pred],
+                   "prediction_trained_taus": {"tau_nash": trained.tau_nash, "tau_rlhf": trained.tau_rlhf,
+                                               "nash_vs_rlhf": trained.nash_vs_rlhf,
+                                               "nash_vs_sft": trained.nash_vs_sft,
+                                               "rlhf_vs_sft": trained.rlhf_vs_sft},
+                   "judge_diagnostics": diag}, f, indent=1)
     return path
 
 
@@ -199,8 +218,21 @@ def _sample_demo_policies(out: str, names: Sequence[str], world_dir: str, num_pr
     return ds.meta["prompts"], ds.meta["posts"], ds.meta.get("ids"), cfg, samples
 
 
+def trained_taus(out: str, names: Sequence[str], tau: float,
+                 rlhf_default: float = RLHF_TAU) -> tuple[float, float]:
+    """(tau_nash, tau_rlhf): the taus the demo's "nash_md" and "rlhf" runs logged
+    (`diagnostics.trained_tau`), falling back to `tau` and `rlhf_default` for a run that
+    is absent or logged none."""
+    def logged(name: str, default: float) -> float:
+        got = diagnostics.trained_tau(_policy_dir(out, name)) if name in names else None
+        return default if got is None else got
+
+    return logged("nash_md", tau), logged("rlhf", rlhf_default)
+
+
 def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
-    """The report's findings under P*, and the world's style-level predictions `pred`."""
+    """The report's findings under P*, and the world's style-level prediction `pred`
+    (a `game.MixedPrediction` at the taus the policies trained with)."""
     sft_col = {n: pstar[("sft", n)] for n in names if n != "sft"}
     findings = []
     beats = [n for n, c in sft_col.items() if c.lo > 0.5]
@@ -210,9 +242,11 @@ def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
         c = pstar[("rlhf", "nash_md")]
         findings.append(f"- Nash-MD-PG (beta = 0.125) vs RLHF under P*: {c.mean:.3f} [{c.lo:.3f}, {c.hi:.3f}]"
                         f" ({'lower bound above 0.5' if c.lo > 0.5 else 'not significantly above 0.5'})")
-    findings.append("- style-level prediction of `nlhf world --describe` at tau = "
-                    + ", ".join(f"{p.tau:g}: P(Nash > RLHF) = {p.nash_vs_rlhf:.3f}, P(Nash > SFT) = "
-                                f"{p.nash_vs_sft:.3f}, P(RLHF > SFT) = {p.rlhf_vs_sft:.3f}" for p in pred))
+    # Each policy at the tau it trained with: the demo's Nash-MD-PG and RLHF differ.
+    findings.append(f"- style-level prediction of the world (P*'s style game) at the trained taus: "
+                    f"P*(Nash(tau = {pred.tau_nash:g}) > RLHF(tau = {pred.tau_rlhf:g})) = "
+                    f"{pred.nash_vs_rlhf:.3f}, "
+                    f"P*(Nash > SFT) = {pred.nash_vs_sft:.3f}, P*(RLHF > SFT) = {pred.rlhf_vs_sft:.3f}")
     return findings
 
 
@@ -229,8 +263,9 @@ def _paper_findings_markdown(pstar: dict, names: Sequence[str]) -> str:
 
 
 def _report_markdown(preset: str, n_posts: int, n_tau: int, *, findings: list[str], paper_md: str, md_pstar: str,
-                     md_ptau: str, judges_md: str, st_md: str, q_md: str, timings: dict) -> str:
-    """report.md from its sections' markdown (`paper_md` "" leaves that section out)."""
+                     md_ptau: str, judges_md: str, st_md: str, q_md: str, timings: dict,
+                     diag_md: str = "") -> str:
+    """report.md from its sections' markdown (`paper_md` or `diag_md` "" leaves that section out)."""
     timing_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in timings.items())
     return "\n\n".join([
         f"# NLHF on the embedded world: demo report (preset `{preset}`)",
@@ -244,9 +279,11 @@ def _report_markdown(preset: str, n_posts: int, n_tau: int, *, findings: list[st
         f"## Under P_tau (Table 2: learned preference model + KL terms; {n_tau} prompts)\n\n" + md_ptau
         + "\n\n![P_tau heatmap](matrix_ptau/heatmap.png)",
         "## Judges and the SFT policy\n\n" + judges_md,
+        *([diagnostics.HEADING + "\n\n" + diag_md] if diag_md else []),
         "## Style distribution of each policy vs the regularised Nash equilibrium over styles\n\n" + st_md,
         "## Quality of each policy's samples (world parser)\n\n" + q_md,
-        "## Training curves\n\n![curves](curves.png)",
+        "## Training curves\n\n![curves](curves.png)\n\nStyle shares of each step's samples and their "
+        "total variation to Nash(tau) (the runs' `world/*` metrics):\n\n![style curves](style_curves.png)",
         "## Stage wall times (seconds, this machine)\n\n| stage | s |\n|---|---:|\n" + timing_rows,
     ])
 

@@ -245,3 +245,55 @@ def predict(
             )
         )
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrediction:
+    """Expected outcome when Nash and RLHF were trained with different taus.
+
+    The deep runs need not share a tau (the demo trains Nash-MD-PG at 0.008 and RLHF at
+    0.05), and `Prediction` compares both at one tau; this is the prediction for the
+    pair of policies actually trained.
+
+    Attributes:
+      tau_nash, tau_rlhf: the regularisation strength of each method.
+      nash: [N] the regularised Nash equilibrium at tau_nash.
+      rlhf: [N] the RLHF policy mu exp(r / tau_rlhf) / Z.
+      nash_vs_rlhf, nash_vs_sft, rlhf_vs_sft: P(pi > pi') for those pairs.
+    """
+
+    tau_nash: float
+    tau_rlhf: float
+    nash: np.ndarray
+    rlhf: np.ndarray
+    nash_vs_rlhf: float
+    nash_vs_sft: float
+    rlhf_vs_sft: float
+
+
+def predict_mixed(
+    P: np.ndarray, mu: np.ndarray, reward: np.ndarray, tau_nash: float, tau_rlhf: float
+) -> MixedPrediction:
+    """`predict` with each method at its own tau.
+
+    Args:
+      P: [N, N] preference matrix (also the judge of the head-to-head numbers).
+      mu: [N] the SFT (reference) policy.
+      reward: [N] the Bradley-Terry reward the RLHF policy maximises.
+      tau_nash: tau of the regularised Nash equilibrium (paper §4, eq. 2).
+      tau_rlhf: tau of the RLHF policy mu exp(r / tau) / Z.
+
+    Returns:
+      The `MixedPrediction`.
+    """
+    nash = regularized_nash(P, mu, tau_nash)
+    rlhf = rlhf_policy(mu, reward, tau_rlhf)
+    return MixedPrediction(
+        tau_nash=float(tau_nash),
+        tau_rlhf=float(tau_rlhf),
+        nash=nash,
+        rlhf=rlhf,
+        nash_vs_rlhf=float(nash @ P @ rlhf),
+        nash_vs_sft=float(nash @ P @ mu),
+        rlhf_vs_sft=float(rlhf @ P @ mu),
+    )
