@@ -434,11 +434,12 @@ def main(argv) -> int:
     md = tables.write_outputs(a.out, names, cells, title, extra)
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     q_md, q = tables.quality_table(samples, world_dir, posts)
+    qs_md, qs = tables.quality_by_style_table(samples, world_dir, posts)
     with open(os.path.join(a.out, "styles.md"), "w") as f:
-        f.write(st_md + "\n\n" + q_md + "\n")
+        f.write(st_md + "\n\n" + q_md + "\n\nBy style:\n\n" + qs_md + "\n")
     with open(os.path.join(a.out, "styles.json"), "w") as f:
-        json.dump({**st, "quality": q}, f, indent=1)
-    print(md, st_md, q_md, sep="\n\n")
+        json.dump({**st, "quality": q, "quality_by_style": qs}, f, indent=1)
+    print(md, st_md, q_md, qs_md, sep="\n\n")
     # Style shares by training step, for the runs that logged them (world policy runs).
     if tables.style_curves(os.path.join(a.out, "style_curves.png"), dict(policies)):
         print(f"\nstyle shares by training step: {os.path.join(a.out, 'style_curves.png')}")

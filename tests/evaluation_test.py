@@ -187,3 +187,24 @@ def test_style_curves_read_the_monitor_metrics(tmp_path):
     assert curves["nash_md"]["step"] == [2, 3, 4, 5, 6]
     np.testing.assert_allclose(curves["nash_md"]["concise"], [0.15, 0.25, 0.35, 0.45, 0.55])
     assert tables.style_curves(str(tmp_path / "none.png"), {"rlhf": str(tmp_path / "rlhf")}) == {}
+
+
+def test_quality_by_style_splits_the_quality_table(tmp_path):
+    from nlhf_jax.data.world import generator, grammar, styles
+    from nlhf_jax.evaluation import sampling, tables
+
+    world = str(tmp_path / "w")
+    generator.generate(generator.WorldConfig(n_sft=(8, 4, 4), n_comparisons=(8, 4, 4), n_prompts_train=4), world)
+    rng = np.random.default_rng(0)
+    posts, texts = [], []
+    for i in range(12):
+        post = grammar.sample_post(rng, f"q-{i}")
+        posts.append(post.text)
+        texts.append(styles.render_summary(rng, post, i % 2, styles.FAITHFUL if i % 4 < 2 else styles.HALLUCINATED))
+    s = sampling.PolicySamples(name="p", model_dir="", texts=texts, tokens=np.zeros((12, 1)), lengths=np.ones(12))
+    md, data = tables.quality_by_style_table([s], world, posts)
+    _, whole = tables.quality_table([s], world, posts)
+    shares = {k: v["share"] for k, v in data["p"].items()}
+    assert abs(sum(shares.values()) - 1) < 1e-9 and len(md.splitlines()) == 2 + len(shares)
+    mean_q = sum(v["share"] * v["quality"] for v in data["p"].values())
+    assert mean_q == pytest.approx(whole["p"]["quality"])

@@ -156,6 +156,8 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     progress("PM and RM on the test comparisons and on shifted pairs")
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     q_md, quality = tables.quality_table(samples, world_dir, posts)
+    qs_md, quality["by_style"] = tables.quality_by_style_table(samples, world_dir, posts)
+    q_md += "\n\nBy the style of each sample:\n\n" + qs_md
     training_curves(os.path.join(eval_dir, "curves.png"), out, names)
     tables.style_curves(os.path.join(eval_dir, "style_curves.png"),
                         {n: _policy_dir(out, n) for n in names if n != "sft" and not n.endswith("*")})

@@ -180,3 +180,38 @@ def style_curves(path: str, runs: dict, smooth: int = 10) -> dict:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return curves
+
+
+def quality_by_style_table(samples: "list[sampling.PolicySamples]", world_dir: str,
+                           posts: Sequence[str]) -> tuple[str, dict]:
+    """`quality_table` split by the style of each sample: can a policy be faithful in
+    every style? The world's style-level prediction assumes faithful summaries on both
+    sides; when a policy's summaries of one style carry more errors, the raters' quality
+    terms (much larger than the style terms) decide instead, and a judge that sees
+    quality well pushes towards the style the policy writes most faithfully.
+
+    Returns:
+      (markdown: one row per policy and style with samples of it, columns share of the
+      policy's samples, main point, unsupported, repeated, quality; {policy: {style: {...}}}).
+    """
+    from nlhf_jax.data.world import raters, styles
+
+    judge = raters.RaterPanel.for_world(world_dir)
+    rows = ["| policy | style | share | main point | unsupported word | repeated word | quality |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    data: dict = {}
+    for s in samples:
+        f = judge.features(posts, s.texts)
+        quality = judge.population.quality(f)
+        data[s.name] = {}
+        for k, name in enumerate(list(styles.STYLES) + ["none"]):
+            sel = np.asarray(f.style) == k
+            if not sel.any():
+                continue
+            d = {"share": float(sel.mean()), "main_point": float(f.main_point[sel].mean()),
+                 "unsupported": float((f.unsupported[sel] > 0).mean()),
+                 "repeated": float((f.repeats[sel] > 0).mean()), "quality": float(quality[sel].mean())}
+            data[s.name][name] = d
+            rows.append(f"| {s.name} | {name} | {d['share']:.2f} | {d['main_point']:.2f} | "
+                        f"{d['unsupported']:.2f} | {d['repeated']:.2f} | {d['quality']:.2f} |")
+    return "\n".join(rows), data
