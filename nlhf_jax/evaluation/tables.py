@@ -129,17 +129,17 @@ def _padded(eq: np.ndarray, k: int) -> np.ndarray:
     return full
 
 
-def style_curves(path: str, runs: dict, smooth: int = 10) -> dict:
-    """Figure of each policy run's style shares and TV distance to Nash(tau) by step.
+def style_curves(path: str, runs: dict, smooth: int = 3) -> dict:
+    """Figure of each policy run's style shares and TV distance to its Nash(tau) by step.
 
     Reads the `world/*` metrics that `describe.StyleMonitor` logs on every step (the
-    samples of the step, so each point is a noisy estimate from one batch; curves are
-    averaged over `smooth` steps). Runs without them are skipped.
+    step's samples; each record averages the steps since the previous one), with a
+    moving average over `smooth` records. Runs without them are skipped.
 
     Args:
       path: the PNG to write.
       runs: {policy name: its run directory (with metrics.jsonl)}.
-      smooth: moving-average window in steps.
+      smooth: moving-average window in records.
 
     Returns:
       {name: {"step": [...], "concise": [...], "exhaustive": [...], "tv_to_nash": [...]}}
