@@ -232,18 +232,9 @@ def predict(
     """
     out = []
     for tau in taus:
-        nash = regularized_nash(P, mu, tau)
-        rlhf = rlhf_policy(mu, reward, tau)
-        out.append(
-            Prediction(
-                tau=float(tau),
-                nash=nash,
-                rlhf=rlhf,
-                nash_vs_rlhf=float(nash @ P @ rlhf),
-                nash_vs_sft=float(nash @ P @ mu),
-                rlhf_vs_sft=float(rlhf @ P @ mu),
-            )
-        )
+        m = predict_mixed(P, mu, reward, tau, tau)
+        out.append(Prediction(tau=float(tau), nash=m.nash, rlhf=m.rlhf, nash_vs_rlhf=m.nash_vs_rlhf,
+                              nash_vs_sft=m.nash_vs_sft, rlhf_vs_sft=m.rlhf_vs_sft))
     return out
 
 
