@@ -81,3 +81,23 @@ def test_demo_stages_parse_with_their_bindings(preset, tmp_path):
         assert gin.query_parameter("%MODEL_DIR") == str(tmp_path / stage.name), stage.name
         gin_setup.check_required()
         gin.clear_config()
+
+
+def test_world_oracle_launcher_commands_parse(tmp_path):
+    """launch/world_oracle.sh (dry run): every `nlhf train` command it prints parses,
+    binds only what its files know and leaves no REQUIRED macro unset."""
+    import shlex
+    import subprocess
+
+    out = subprocess.run(["bash", "launch/world_oracle.sh", str(tmp_path / "demo"), str(tmp_path / "oracle")],
+                         cwd=REPO, env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True)
+    commands = [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert [c[1] for c in commands] == ["train", "train", "train", "evaluate"]
+    for cmd in commands[:3]:
+        files = [a.split("=", 1)[1] for a in cmd if a.startswith("--gin_file=")]
+        bindings = [a.split("=", 1)[1] for a in cmd if a.startswith("--gin_bindings=")]
+        bindings += [a[len("--gin."):] .replace("=", " = ", 1) for a in cmd if a.startswith("--gin.")]
+        gin_setup.parse_gin(files, bindings, [REPO])
+        gin_setup.check_required()
+        assert gin.query_parameter("%TAU") in (0.02, 0.05)
+        gin.clear_config()
