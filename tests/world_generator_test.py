@@ -217,3 +217,28 @@ def test_more_comparisons_keep_the_smaller_world(tmp_path, monkeypatch):
     assert len(set(ids)) == 30 and ids[12] == "w0-cmp-train-000012"
     posts = [r["info"]["post"] for r in rows_b] + [r["post"] for r in read_lines(os.path.join(b, "sft", "train.jsonl"))]
     assert len(set(posts)) == len(posts)  # still unique across the world
+
+
+def test_style_comparisons_are_appended_and_keep_every_other_file(tmp_path):
+    small = generator.WorldConfig(n_sft=(10, 4, 4), n_comparisons=(12, 4, 4), n_prompts_train=4)
+    more = dataclasses.replace(small, n_style_comparisons=40)
+    assert small.fingerprint() != more.fingerprint()
+    # a world without the option keeps the fingerprint it had before the option existed
+    legacy = dataclasses.asdict(small)
+    del legacy["n_style_comparisons"]
+    want = hashlib.sha256(json.dumps([generator.GENERATOR_VERSION, legacy], sort_keys=True).encode()).hexdigest()[:16]
+    assert small.fingerprint() == want
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    ha, hb = generator.generate(small, a), generator.generate(more, b)
+    train = os.path.join("comparisons", "train.jsonl")
+    assert {k: v for k, v in ha.items() if k != train} == {k: v for k, v in hb.items() if k != train}
+    rows_a, rows_b = read_lines(os.path.join(a, train)), read_lines(os.path.join(b, train))
+    assert len(rows_b) == 52 and rows_b[:12] == rows_a
+    for r in rows_b[12:]:
+        (sa, qa), (sb, qb) = (s["note"].split("/") for s in r["summaries"])
+        assert sa != sb and {s["policy"] for s in r["summaries"]} == {"policy_a", "policy_b"}
+        assert qa != "garbled" and qb != "garbled"
+    records, _ = jsonl.read_comparisons(os.path.join(b, train))  # the real reader takes them
+    assert len(records) == 52 and generator.load_config(b) == more
+    with pytest.raises(ValueError, match="n_style_comparisons"):
+        dataclasses.replace(small, n_style_comparisons=-1)

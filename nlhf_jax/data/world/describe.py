@@ -99,7 +99,7 @@ def describe_world(
     reward_sft = game.bt_fit(p_sft, np.outer(mu, mu))
     ref = np.outer(mu, config.quality_mix).ravel()
     noisy = np.outer(mu, config.noisy_quality_mix).ravel()
-    type_reward = game.bt_fit(type_game.P, 0.5 * (np.outer(ref, noisy) + np.outer(noisy, ref)))
+    type_reward = game.bt_fit(type_game.P, _comparison_pair_weights(config, ref, noisy))
     return WorldReport(
         config=config,
         P_style=p_style,
@@ -115,6 +115,20 @@ def describe_world(
         type_reward=type_reward,
         type_predictions=_predict_on_support(type_game.P, ref, type_reward, taus),
     )
+
+
+def _comparison_pair_weights(config: generator.WorldConfig, ref: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """[T, T] distribution of (type, type) over the train comparisons: reference vs
+    noisier summaries, plus the optional style comparisons (two reference-quality
+    summaries, styles from mu x mu off the diagonal). T = styles x qualities."""
+    w = 0.5 * (np.outer(ref, noisy) + np.outer(noisy, ref))
+    n_ref, n_style = config.n_comparisons[0], config.n_style_comparisons
+    if not n_style:
+        return w
+    mu, q = np.asarray(config.style_mix), np.asarray(config.quality_mix)
+    styles_off = np.outer(mu, mu) * (1 - np.eye(len(mu)))
+    style_pairs = np.einsum("ij,a,b->iajb", styles_off / styles_off.sum(), q, q).reshape(w.shape)
+    return (n_ref * w + n_style * style_pairs) / (n_ref + n_style)
 
 
 def _predict_on_support(P, mu, reward, taus) -> list:

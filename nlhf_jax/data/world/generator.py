@@ -95,8 +95,19 @@ class WorldConfig:
     noisy_quality_mix: tuple[float, ...] = (0.4, 0.3, 0.3, 0.0)
     population: raters.RaterPopulation = raters.RaterPopulation()
     vocab_size: int = 512
+    # Extra train comparisons between two summaries of *distinct* styles, both at the
+    # reference quality: what a dataset that compares several policies' outputs adds.
+    # In the ref-vs-noisy pairs quality decides most labels and the style game is left
+    # to a few thousand pairs; a PM trained on style pairs alone learns P*'s cycle
+    # (docs/results-world.md). Style pairs are drawn from mu x mu off the diagonal, so
+    # the Bradley-Terry reward fitted on them is the one `nlhf world --describe` fits.
+    # Appended after the other train comparisons from a stream of their own: every other
+    # file (vocabulary and SFT data included) is byte-identical to the world without them.
+    n_style_comparisons: int = 0
 
     def __post_init__(self):
+        if self.n_style_comparisons < 0:
+            raise ValueError(f"WorldConfig.n_style_comparisons = {self.n_style_comparisons} must be >= 0")
         for name in ("style_mix", "quality_mix", "noisy_quality_mix"):
             mix = getattr(self, name)
             want = len(styles.STYLES) if name == "style_mix" else len(styles.QUALITIES)
@@ -109,7 +120,10 @@ class WorldConfig:
 
     def fingerprint(self) -> str:
         """A hash of the config and the generator version (cache key)."""
-        blob = json.dumps([GENERATOR_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if not fields["n_style_comparisons"]:  # worlds from before the option keep their key
+            del fields["n_style_comparisons"]
+        blob = json.dumps([GENERATOR_VERSION, fields], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -146,15 +160,36 @@ def _post_fields(post: grammar.Post) -> dict:
     return {"id": post.id, "subreddit": post.subreddit, "title": post.title, "post": post.text}
 
 
+def _ref_and_noisy(config: WorldConfig, rng: np.random.Generator, post: grammar.Post) -> list:
+    """The default comparison: a reference summary and a noisier one, styles from mu."""
+    ref = styles.sample_summary(rng, post, config.style_mix, config.quality_mix)
+    noisy = styles.sample_summary(rng, post, config.style_mix, config.noisy_quality_mix)
+    return [(ref, "ref"), (noisy, "noisy")]
+
+
+def _two_styles(config: WorldConfig, rng: np.random.Generator, post: grammar.Post) -> list:
+    """A style comparison: two reference-quality summaries of distinct styles, the
+    styles drawn from mu x mu conditioned on differing (see `n_style_comparisons`)."""
+    mu = np.asarray(config.style_mix)
+    while True:
+        a, b = (int(x) for x in rng.choice(len(styles.STYLES), size=2, p=mu))
+        if a != b:
+            break
+    out = []
+    for style, source in ((a, "policy_a"), (b, "policy_b")):
+        quality = int(rng.choice(len(styles.QUALITIES), p=np.asarray(config.quality_mix)))
+        out.append(((styles.render_summary(rng, post, style, quality), style, quality), source))
+    return out
+
+
 def _comparisons(
-    config: WorldConfig, rng: np.random.Generator, posts: list[grammar.Post], split: str
+    config: WorldConfig, rng: np.random.Generator, posts: list[grammar.Post], split: str,
+    draw=_ref_and_noisy,
 ) -> list[dict]:
     pop = config.population
     texts, notes, sources = [], [], []
     for post in posts:
-        ref = styles.sample_summary(rng, post, config.style_mix, config.quality_mix)
-        noisy = styles.sample_summary(rng, post, config.style_mix, config.noisy_quality_mix)
-        pair = [(ref, "ref"), (noisy, "noisy")]
+        pair = draw(config, rng, post)
         if rng.random() < 0.5:  # position carries no information
             pair.reverse()
         texts.append((pair[0][0][0], pair[1][0][0]))
@@ -249,6 +284,12 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         posts = [sampler(rng, f"w{config.seed}-cmp-train-{i:06d}") for i in range(COMPARISON_BLOCK, n_train)]
         _write_jsonl(split_path(out_dir, "comparisons", "train"),
                      first_train + _comparisons(config, rng, posts, "train"))  # fmt: skip
+    if config.n_style_comparisons:
+        rng = np.random.default_rng([config.seed, 9])
+        posts = [sampler(rng, f"w{config.seed}-cmpstyle-train-{i:06d}") for i in range(config.n_style_comparisons)]
+        rows = _comparisons(config, rng, posts, "train", draw=_two_styles)
+        with open(split_path(out_dir, "comparisons", "train"), "a", encoding="utf-8", newline="\n") as f:
+            f.writelines(json.dumps(row, ensure_ascii=True) + "\n" for row in rows)
     hashes = {}
     for root, _, names in sorted(os.walk(out_dir)):
         for name in sorted(names):
