@@ -83,21 +83,61 @@ def test_demo_stages_parse_with_their_bindings(preset, tmp_path):
         gin.clear_config()
 
 
-def test_world_oracle_launcher_commands_parse(tmp_path):
-    """launch/world_oracle.sh (dry run): every `nlhf train` command it prints parses,
-    binds only what its files know and leaves no REQUIRED macro unset."""
+def _dry_run(script, *args):
+    """The commands a launcher prints under DRY_RUN=1, split as the shell would."""
     import shlex
     import subprocess
 
-    out = subprocess.run(["bash", "launch/world_oracle.sh", str(tmp_path / "demo"), str(tmp_path / "oracle")],
-                         cwd=REPO, env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True)
-    commands = [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
+    out = subprocess.run(["bash", script, *args], cwd=REPO, env={**os.environ, "DRY_RUN": "1"},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _parse_train_command(cmd):
+    """Parses one printed `nlhf train` command's gin files and bindings; leaves them bound."""
+    files = [a.split("=", 1)[1] for a in cmd if a.startswith("--gin_file=")]
+    bindings = [a.split("=", 1)[1] for a in cmd if a.startswith("--gin_bindings=")]
+    bindings += [a[len("--gin."):].replace("=", " = ", 1) for a in cmd if a.startswith("--gin.")]
+    gin_setup.parse_gin(files, bindings, [REPO])
+    gin_setup.check_required()
+
+
+def test_world_oracle_launcher_commands_parse(tmp_path):
+    """launch/world_oracle.sh (dry run): every `nlhf train` command it prints parses,
+    binds only what its files know and leaves no REQUIRED macro unset."""
+    commands = _dry_run("launch/world_oracle.sh", str(tmp_path / "demo"), str(tmp_path / "oracle"))
     assert [c[1] for c in commands] == ["train", "train", "train", "evaluate"]
     for cmd in commands[:3]:
-        files = [a.split("=", 1)[1] for a in cmd if a.startswith("--gin_file=")]
-        bindings = [a.split("=", 1)[1] for a in cmd if a.startswith("--gin_bindings=")]
-        bindings += [a[len("--gin."):] .replace("=", " = ", 1) for a in cmd if a.startswith("--gin.")]
-        gin_setup.parse_gin(files, bindings, [REPO])
-        gin_setup.check_required()
+        _parse_train_command(cmd)
         assert gin.query_parameter("%TAU") in (0.02, 0.05)
         gin.clear_config()
+
+
+def test_world_learned_launcher_commands_parse(tmp_path):
+    """launch/world_learned.sh (dry run): the world it generates has the style
+    comparisons, the judges train on that world, the policies read the demo's prompts
+    and the judges just trained, and `nlhf world` / `nlhf evaluate` accept their flags."""
+    from nlhf_jax import run_evaluate
+    from nlhf_jax.data.world import cli as world_cli
+
+    demo, out = str(tmp_path / "demo"), str(tmp_path / "learned")
+    commands = _dry_run("launch/world_learned.sh", demo, out)
+    assert [c[1] for c in commands] == ["world"] + ["train"] * 6 + ["evaluate"]
+    assert commands[0][-2:] == ["--n-style-comparisons", "30000"]
+    world_cli._parser().parse_args(commands[0][2:])
+    for cmd in commands[1:3]:  # RM, PM
+        _parse_train_command(cmd)
+        assert gin.query_parameter("pairwise.world_data.data_dir") == f"{out}/world_style"
+        assert gin.query_parameter("%NUM_STEPS") == 3000
+        gin.clear_config()
+    taus = []
+    for cmd in commands[3:7]:
+        _parse_train_command(cmd)
+        assert gin.query_parameter("arrays.world_prompts.data_dir") == f"{demo}/world"
+        taus.append(gin.query_parameter("%TAU"))
+        judge = gin.query_parameter("%JUDGE_DIR")
+        assert judge == (f"{out}/pm" if "nash_md" in cmd[2] else f"{out}/rm")
+        gin.clear_config()
+    assert taus == [0.02, 0.05, 0.1, 0.2]
+    assert "--judge_diagnostics" in commands[7]
+    run_evaluate._parser().parse_args(commands[7][2:])

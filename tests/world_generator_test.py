@@ -191,12 +191,14 @@ def test_default_data_dir(monkeypatch):
 def test_generate_cli(tmp_path, capsys):
     out = str(tmp_path / "cli")
     argv = ["--generate", "--out", out, "--seed", "2", "--n-sft", "10", "2", "2",
-            "--n-comparisons", "10", "2", "2", "--n-prompts", "3"]  # fmt: skip
+            "--n-comparisons", "10", "2", "2", "--n-prompts", "3", "--n-style-comparisons", "5"]  # fmt: skip
     assert cli.main(argv) == 0
     assert "wrote 10 files" in capsys.readouterr().out
     with open(os.path.join(out, "world.json")) as f:
         meta = json.load(f)
     assert meta["config"]["seed"] == 2 and meta["config"]["n_sft"] == [10, 2, 2]
+    assert meta["config"]["n_style_comparisons"] == 5
+    assert len(read_lines(os.path.join(out, "comparisons", "train.jsonl"))) == 15
     assert cli.main(["--generate"]) == 2
 
 

@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-comparisons", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
                    help="comparison pairs per split (default 90000 1000 1000)")  # fmt: skip
     p.add_argument("--n-prompts", type=int, help="fresh training prompts (default 5000)")
+    p.add_argument("--n-style-comparisons", type=int, metavar="N",
+                   help="extra train comparisons of two reference-quality summaries of distinct "
+                        "styles, appended after the others (default 0; 30000 lets the PM "
+                        "learn the style game, docs/results-world.md)")  # fmt: skip
     return p
 
 
@@ -48,6 +52,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         overrides["n_comparisons"] = tuple(args.n_comparisons)
     if args.n_prompts is not None:
         overrides["n_prompts_train"] = args.n_prompts
+    if args.n_style_comparisons is not None:
+        overrides["n_style_comparisons"] = args.n_style_comparisons
     config = dataclasses.replace(config, **overrides)
     if args.describe:
         from nlhf_jax.data.world import describe
