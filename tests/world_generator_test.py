@@ -4,6 +4,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -221,7 +222,7 @@ def test_more_comparisons_keep_the_smaller_world(tmp_path, monkeypatch):
     assert len(set(posts)) == len(posts)  # still unique across the world
 
 
-def test_style_comparisons_are_appended_and_keep_every_other_file(tmp_path):
+def test_style_comparisons_are_appended_and_keep_every_other_file(tmp_path, caplog):
     small = generator.WorldConfig(n_sft=(10, 4, 4), n_comparisons=(12, 4, 4), n_prompts_train=4)
     more = dataclasses.replace(small, n_style_comparisons=40)
     assert small.fingerprint() != more.fingerprint()
@@ -244,3 +245,14 @@ def test_style_comparisons_are_appended_and_keep_every_other_file(tmp_path):
     assert len(records) == 52 and generator.load_config(b) == more
     with pytest.raises(ValueError, match="n_style_comparisons"):
         dataclasses.replace(small, n_style_comparisons=-1)
+    # a cap on the train comparisons keeps a prefix: say what it leaves out
+    from nlhf_jax.data import pairwise
+
+    with caplog.at_level(logging.WARNING):
+        pairwise.world_data(b, max_train_examples=20)
+    assert "32 of the world's 40 style comparisons" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pairwise.world_data(b, max_train_examples=52)
+        pairwise.world_data(a, max_train_examples=5)
+    assert "style comparisons" not in caplog.text

@@ -414,12 +414,35 @@ def world_data(
     existing = data_dir and os.path.exists(os.path.join(data_dir, "world.json"))
     if not existing:
         data_dir = generator.ensure_world(data_dir or generator.default_data_dir(seed), config)
+    _warn_dropped_style_comparisons(data_dir, max_train_examples)
     return ComparisonData(
         train=generator.split_path(data_dir, "comparisons", "train"),
         eval=generator.split_path(data_dir, "comparisons", "valid"),
         vocab_path=generator.vocab_path(data_dir),
         world_dir=data_dir, labels=labels, max_train_examples=max_train_examples,
     )  # fmt: skip
+
+
+def _warn_dropped_style_comparisons(data_dir: str, max_train_examples: Optional[int]) -> None:
+    """Warns when a cap on the training comparisons cuts off a world's style comparisons.
+
+    `WorldConfig.n_style_comparisons` rows come after the others in train.jsonl, and
+    `max_train_examples` keeps a prefix: a cap below the file's length drops them first.
+    """
+    from nlhf_jax.data.world import generator
+
+    if max_train_examples is None:
+        return
+    config = generator.load_config(data_dir)
+    regular = config.n_comparisons[0]
+    if config.n_style_comparisons and max_train_examples < regular + config.n_style_comparisons:
+        kept = max(0, max_train_examples - regular)
+        logging.warning(
+            "%s: max_train_examples=%d keeps the first %d train comparisons; %d of the world's "
+            "%d style comparisons (the last rows of train.jsonl) are left out",
+            data_dir, max_train_examples, max_train_examples,
+            config.n_style_comparisons - kept, config.n_style_comparisons,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass
