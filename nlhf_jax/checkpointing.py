@@ -13,7 +13,10 @@ What a run restores is an explicit choice (`RestoreMode`), never a regex map:
 
 An initial checkpoint is either a checkpoint step directory of another run
 (`<model_dir>/checkpoints/<step>`), a run's `checkpoints` directory (its latest step),
-or a HuggingFace T5 directory (`config.json` + safetensors; params only).
+a HuggingFace T5 directory (`config.json` + safetensors; params only), or a T5X
+checkpoint (a `checkpoint_<step>` directory holding a msgpack `checkpoint` file, or a
+directory of them, whose highest step is read; params only, the Adafactor state is
+ignored). The format is told by the layout (`is_hf_directory`, `is_t5x_directory`).
 """
 
 import dataclasses
@@ -286,6 +289,14 @@ def is_hf_directory(path: str) -> bool:
         os.path.isfile(os.path.join(path, "model.safetensors"))
         or os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
     )
+
+
+def is_t5x_directory(path: str) -> bool:
+    """A T5X step directory (`checkpoint` msgpack file) or a directory of
+    `checkpoint_<step>` sub-directories holding one."""
+    from nlhf_jax.checkpoints import t5x
+
+    return t5x.is_t5x_directory(path)
 
 
 def restore_params(path: str, abstract_params: PyTree, param_shardings: PyTree) -> PyTree:

@@ -134,7 +134,8 @@ def setup_t5_run(
 ) -> T5Setup:
     """Mesh, T5 network, sharded train state, and resumption, shared by the SFT, PM and
     RM runs. Resume priority: the run's own checkpoint > `checkpoint.initial_checkpoint`
-    (an earlier run or a HF T5 directory) > fresh initialisation from `seed`."""
+    (an earlier run, a HF T5 directory or a T5X checkpoint) > fresh initialisation from
+    `seed`."""
     from nlhf_jax.models import t5
 
     rules = list(rules) if rules is not None else partitioning.default_rules()
@@ -152,8 +153,14 @@ def setup_t5_run(
         _, params = hf_lib.load_t5(path, scan_layers=model.scan_layers)
         return params
 
+    def load_t5x(path):
+        from nlhf_jax.checkpoints import t5x as t5x_lib
+
+        return t5x_lib.load_t5x(path, model)
+
     state, how = restore_or_init(
-        checkpointer=ckpt, state=state, shardings=shardings, tx=tx, load_hf=load_hf
+        checkpointer=ckpt, state=state, shardings=shardings, tx=tx, load_hf=load_hf,
+        load_t5x=load_t5x,
     )
     logging.info("%s", how)
     return T5Setup(mesh_, rules, network, tx, state, shardings, ckpt)
@@ -166,8 +173,13 @@ def restore_or_init(
     shardings: TrainState,
     tx: optax.GradientTransformation,
     load_hf: Optional[Callable[[str], PyTree]] = None,
+    load_t5x: Optional[Callable[[str], PyTree]] = None,
 ) -> tuple[TrainState, str]:
-    """Applies the resume priority. Returns (state, a sentence saying what happened)."""
+    """Applies the resume priority. Returns (state, a sentence saying what happened).
+
+    `load_hf` / `load_t5x` read the params of a HuggingFace / T5X directory (told by
+    its layout); a run that passes None cannot start from that format.
+    """
     own = checkpointer.restore_latest(state, shardings)
     if own is not None:
         return own, f"resumed from own checkpoint at step {int(own.step)} in {checkpointer.directory}"
@@ -176,19 +188,22 @@ def restore_or_init(
     path = cfg.initial_checkpoint
     if not path or mode == checkpointing.RestoreMode.NONE:
         return state, "initialised from scratch"
-    if checkpointing.is_hf_directory(path):
+    if checkpointing.is_hf_directory(path) or checkpointing.is_t5x_directory(path):
+        if checkpointing.is_hf_directory(path):
+            kind, load, why = "HF", load_hf, "has no optimizer state"
+        else:
+            kind, load, why = "T5X", load_t5x, "has Adafactor state, which is not restored"
         if mode == checkpointing.RestoreMode.FULL_STATE:
-            raise ValueError(f"{path}: a HuggingFace checkpoint has no optimizer state; "
-                             "use restore_mode='params_only'")
-        if load_hf is None:
-            raise ValueError(f"{path}: this run cannot read HuggingFace checkpoints")
-        params = load_hf(path)
+            raise ValueError(f"{path}: a {kind} checkpoint {why}; use restore_mode='params_only'")
+        if load is None:
+            raise ValueError(f"{path}: this run cannot read {kind} checkpoints")
+        params = load(path)
         checkpointing.check_compatible(state.params, params, path)
         params = jax.tree_util.tree_map(
             lambda x, ref, s: jax.device_put(np.asarray(x, dtype=ref.dtype), s),
             params, state.params, shardings.params,
         )
-        return _fresh_optimizer(state, params, tx, shardings), f"params from HF checkpoint {path}"
+        return _fresh_optimizer(state, params, tx, shardings), f"params from {kind} checkpoint {path}"
     if mode == checkpointing.RestoreMode.FULL_STATE:
         restored = checkpointing.restore_state(path, state, shardings)
         return restored, f"full state from {path} (step {int(restored.step)})"

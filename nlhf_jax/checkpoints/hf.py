@@ -43,6 +43,7 @@ import safetensors
 import safetensors.numpy
 
 from nlhf_jax import types
+from nlhf_jax.checkpoints import common
 from nlhf_jax.models import t5
 
 PyTree = types.PyTree
@@ -68,9 +69,7 @@ _EMBED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 # Old checkpoints carry an unused cross-attention bias table; HF skips it as well.
 _IGNORED = frozenset({"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"})
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file."""
+CheckpointError = common.CheckpointError
 
 
 # config.json fields we read -> their JSON type (and the name used in messages).
@@ -125,17 +124,6 @@ def _config_field(hf_config: Mapping[str, Any], name: str, default: Any, source:
     return value
 
 
-def _read_json(path: str) -> Any:
-    """Parses a JSON file; errors name the file (and the line and column)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from e
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: not valid UTF-8 ({e})") from e
-
-
 @contextlib.contextmanager
 def _open_safetensors(path: str):
     """`safetensors.safe_open` (numpy) whose failures name the file.
@@ -148,22 +136,6 @@ def _open_safetensors(path: str):
             yield f
     except safetensors.SafetensorError as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-
-
-def _check_finite(value: np.ndarray, name: str, where: str) -> None:
-    """Raises when tensor `name` (read from `where`) holds NaN or Inf."""
-    if value.dtype.kind in "iub":
-        return
-    # A float64 sum is finite exactly when every value is (weights are far from
-    # overflowing it) and needs no full-size mask; count only when it is not.
-    if np.isfinite(np.sum(value, dtype=np.float64)):
-        return
-    n_nan, n_inf = int(np.count_nonzero(np.isnan(value))), int(np.count_nonzero(np.isinf(value)))
-    if n_nan or n_inf:
-        raise CheckpointError(
-            f"tensor {name!r} in {where} has {n_nan + n_inf} non-finite values "
-            f"({n_nan} NaN, {n_inf} Inf) of {value.size}"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +288,7 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
     config_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-    config = config_from_hf(_read_json(config_path), source=config_path, **overrides)
+    config = config_from_hf(common.read_json(config_path), source=config_path, **overrides)
     locations, describe = _tensor_locations(directory)
     found = _found_shapes(locations)
     # Shapes are per layer; `_entries(config)` lists the same tensors in the same order
@@ -332,7 +304,7 @@ def load_t5(directory: Union[str, os.PathLike], **overrides) -> tuple[t5.T5Confi
     dtype = np.dtype(config.storage_dtype)
     flat_params, copies = _read_tensors(locations, targets, tolerated, describe, config, dtype)
     _check_embedding_copies(flat_params[("token_embedder", "embedding")], copies, dtype, describe)
-    return config, _unflatten(flat_params)
+    return config, common.unflatten(flat_params)
 
 
 def _check_checkpoint_tensors(config: t5.T5Config, flat_entries, found, describe) -> dict:
@@ -347,7 +319,7 @@ def _check_checkpoint_tensors(config: t5.T5Config, flat_entries, found, describe
     tolerated = {name: vd for name in _EMBED_COPIES} | {name: None for name in _IGNORED}
     if config.logits_via_embedding:
         tolerated[_LM_HEAD] = vd
-    _check_tensors(
+    common.check_tensors(
         {e.hf_name: _hf_shape(shape, e.transpose) for e, shape in flat_entries},
         found,
         # A head equal to the embedding is not stored by transformers >= 5, even for
@@ -373,12 +345,12 @@ def _read_tensors(locations, targets, tolerated, describe, config, dtype):
             for name in names:
                 if name in targets:
                     value = f.get_tensor(name)
-                    _check_finite(value, name, describe(name))
+                    common.check_finite(value, name, describe(name))
                     for entry, shape in targets[name]:
                         _place(flat_params, entry, shape, value, config, dtype)
                 elif name in tolerated and name not in _IGNORED:
                     copies[name] = f.get_tensor(name)
-                    _check_finite(copies[name], name, describe(name))
+                    common.check_finite(copies[name], name, describe(name))
     return flat_params, copies
 
 
@@ -425,7 +397,7 @@ def save_t5(
       ValueError: `params` does not match `config` (names the tensor and both shapes).
     """
     directory = os.fspath(directory)
-    ours = _checked_flat_params(config, params)
+    ours = common.checked_flat_params(config, params)
     out_dtype = jnp.dtype(dtype)
     os.makedirs(directory, exist_ok=True)
     for name in os.listdir(directory):
@@ -437,38 +409,6 @@ def save_t5(
         json.dump(hf_config, f, indent=2, sort_keys=True)
         f.write("\n")
     _write_tensors(directory, _entries(config), ours, out_dtype, _parse_size(max_shard_size))
-
-
-def _checked_flat_params(config: t5.T5Config, params: PyTree) -> dict[tuple[str, ...], np.ndarray]:
-    """`params` on the host as path -> array, after checking them against `config`.
-
-    Raises:
-      ValueError: naming every missing, unexpected or mis-shaped parameter.
-    """
-    params = jax.device_get(params)
-    ours = {
-        _path_of(kp): np.asarray(v) for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]
-    }
-    want = {
-        _path_of(kp): tuple(s.shape)
-        for kp, s in jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]
-    }
-    problems = [
-        f"missing parameter {'/'.join(p)}: expected shape {s}, found none"
-        for p, s in want.items()
-        if p not in ours
-    ] + [
-        f"unexpected parameter {'/'.join(p)}: expected none, found shape {tuple(v.shape)}"
-        for p, v in ours.items()
-        if p not in want
-    ] + [
-        f"parameter {'/'.join(p)}: expected shape {want[p]}, found {tuple(v.shape)}"
-        for p, v in ours.items()
-        if p in want and tuple(v.shape) != want[p]
-    ]
-    if problems:
-        raise ValueError("params do not match the config:\n  " + "\n  ".join(problems))
-    return ours
 
 
 def _write_tensors(directory: str, entries: list[_Entry], ours, out_dtype, max_bytes: Optional[int]) -> None:
@@ -566,13 +506,6 @@ def _layer_entries(config: t5.T5Config, side: str, i: int) -> list[_Entry]:
     return entries
 
 
-@functools.lru_cache(maxsize=8)
-def _abstract_params(config: t5.T5Config) -> PyTree:
-    """ShapeDtypeStructs of `EncoderDecoder(config)`'s parameters (nothing allocated)."""
-    model = t5.EncoderDecoder(config)
-    return jax.eval_shape(lambda: t5.init_params(model, jax.random.key(0), 1, 1))
-
-
 def _with_shapes(config: t5.T5Config) -> list[tuple[_Entry, tuple[int, ...]]]:
     """Pairs each entry of `config` with our shape, checking the map covers the model.
 
@@ -580,8 +513,8 @@ def _with_shapes(config: t5.T5Config) -> list[tuple[_Entry, tuple[int, ...]]]:
     that the name map misses fails here instead of loading wrong tensors.
     """
     shapes = {
-        _path_of(kp): tuple(s.shape)
-        for kp, s in jax.tree_util.tree_flatten_with_path(_abstract_params(config))[0]
+        common.path_of(kp): tuple(s.shape)
+        for kp, s in jax.tree_util.tree_flatten_with_path(common.abstract_params(config))[0]
     }
     entries = _entries(config)
     mapped = {e.path for e in entries}
@@ -602,7 +535,7 @@ def _tensor_locations(directory: str):
     index_path = os.path.join(directory, INDEX_NAME)
     single_path = os.path.join(directory, WEIGHTS_NAME)
     if os.path.exists(index_path):
-        weight_map = _read_json(index_path)
+        weight_map = common.read_json(index_path)
         weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index_path}: expected an object with a 'weight_map' object")
@@ -640,51 +573,6 @@ def _found_shapes(locations: Mapping[str, str]) -> dict[str, Optional[tuple[int,
     return found
 
 
-def _check_tensors(expected, found, optional, tolerated, describe) -> None:
-    """Raises one ValueError listing every missing, unexpected or mis-shaped tensor.
-
-    Args:
-      expected: HF name -> HF shape of every tensor the model needs.
-      found: HF name -> shape in the checkpoint (None: listed but absent from its file).
-      optional: expected names that may be absent.
-      tolerated: names that may be present although not expected -> their required
-        shape (None: any shape).
-      describe: HF name -> the file it is (or should be) in.
-    """
-    problems = []
-    for name, shape in expected.items():
-        if found.get(name) is None:
-            if name not in optional:
-                problems.append(
-                    f"missing tensor {name!r}: expected shape {shape}, found none "
-                    f"in {describe(name)}"
-                )
-        elif found[name] != shape:
-            problems.append(
-                f"tensor {name!r} in {describe(name)}: expected shape {shape}, "
-                f"found shape {found[name]}"
-            )
-    for name, shape in found.items():
-        if name in expected:
-            continue
-        if name in tolerated:
-            want = tolerated[name]
-            if want is not None and shape is not None and shape != want:
-                problems.append(
-                    f"tensor {name!r} in {describe(name)}: expected shape {want}, "
-                    f"found shape {shape}"
-                )
-            continue
-        problems.append(
-            f"unexpected tensor {name!r} in {describe(name)}: expected none, "
-            f"found shape {shape}"
-        )
-    if problems:
-        raise ValueError(
-            "checkpoint does not match its config.json:\n  " + "\n  ".join(problems)
-        )
-
-
 def _place(flat_params, entry: _Entry, shape, value: np.ndarray, config, dtype) -> None:
     """Converts one HF tensor and stores it at its path (into a stacked array if scanned)."""
     value = np.ascontiguousarray(value.T if entry.transpose else value, dtype)
@@ -698,20 +586,6 @@ def _place(flat_params, entry: _Entry, shape, value: np.ndarray, config, dtype) 
         )
         stacked = flat_params[entry.path] = np.empty((side_layers,) + tuple(shape), dtype)
     stacked[entry.layer] = value
-
-
-def _path_of(key_path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", k)) for k in key_path)
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 _SIZE_UNITS = {
