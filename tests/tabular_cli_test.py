@@ -20,6 +20,8 @@ _SOLVERS = {
     "self-play",
     "br-to-mu",
     "rlhf",
+    "online-ipo",
+    "ipo-md",
 }
 _STEPS = "60"  # shared by the tests so compiled solvers are reused
 
@@ -66,6 +68,14 @@ def test_other_games_run(capsys, args):
     assert report["equilibrium"]["residual"] < 1e-10
 
 
+def test_ipo_md_row_with_beta_zero_is_the_online_ipo_row(capsys):
+    report = _run_json(capsys, "--game", "dice", "--ipo-beta", "0")
+    rows = report["solvers"]
+    np.testing.assert_allclose(
+        rows["ipo-md"]["final_policy"], rows["online-ipo"]["final_policy"], atol=1e-12
+    )
+
+
 def test_three_types_json_matches_paper_equilibrium(capsys):
     report = _run_json(capsys, "--game", "three-types", "--epsilon", "0.1")
     np.testing.assert_allclose(
@@ -87,6 +97,8 @@ def test_three_types_json_matches_paper_equilibrium(capsys):
         (["--mu", "0.5,0.5,0"], "mu[2] = 0; the reference policy needs full support"),
         (["--mu", "a,b,c"], "--mu must be 'random', 'uniform' or comma-separated numbers"),
         (["--plot", "curves.txt"], "--plot must name a .png"),
+        (["--ipo-eta", "0"], "--ipo-eta must be > 0"),
+        (["--ipo-beta", "1.5"], "--ipo-beta must be in [0, 1]"),
     ],
 )
 def test_bad_inputs_give_clear_errors(capsys, args, message):

@@ -269,3 +269,123 @@ def test_three_types_rlhf_jumps_while_nash_moves_continuously():
         nash[eps] = eq_lib.nash_lp(game).policy[0]
     assert picks == {0.1: 0, 0.01: 0, -0.01: 1, -0.1: 1}
     assert np.abs(nash[0.01] - nash[-0.01]).max() < 0.031  # a 2-point shift moves Nash by 3%
+
+
+# --------------------------------------------------------------------------
+# Online IPO and IPO-MD (Calandriello et al. 2024).
+# --------------------------------------------------------------------------
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _ipo_md_residual(game, log_pi, tau, beta):
+    # || pi - mu exp(P(y > pi_mix) / tau) / Z ||_1, pi_mix ∝ pi^(1 - beta) mu^beta.
+    mix = np.exp(_log_softmax((1 - beta) * log_pi + beta * np.log(game.ref)))
+    target = np.exp(_log_softmax(np.log(game.ref) + np.einsum("cij,cj->ci", game.pref, mix) / tau))
+    return np.abs(np.exp(log_pi) - target).sum(-1)
+
+
+def test_ipo_closed_form_gradient_matches_autodiff_of_the_population_loss():
+    import jax
+    import jax.numpy as jnp
+
+    game = games_lib.random_game(3, 7, seed=21)
+    tau = 0.3
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(3, 7))
+    log_rho = _log_softmax(rng.normal(size=(3, 7)))
+
+    def loss(theta, log_rho):
+        # L = E_{y, y' ~ rho}[(h_pi(y, y') - (P(y > y') - 1/2) / tau)^2], summed over contexts.
+        g = jax.nn.log_softmax(theta, axis=-1) - jnp.log(game.ref)
+        h = g[:, :, None] - g[:, None, :]
+        rho = jnp.exp(log_rho)
+        w = rho[:, :, None] * rho[:, None, :]
+        return jnp.sum(w * (h - (game.pref - 0.5) / tau) ** 2)
+
+    with jax.enable_x64(True):
+        expected = np.asarray(jax.grad(loss)(jnp.asarray(theta), jnp.asarray(log_rho)))
+    got = solvers_lib.ipo_gradient(game, _log_softmax(theta), tau, log_rho)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    assert np.abs(expected).max() > 1e-2  # not trivially zero
+    # The loss depends on the logits only through differences: the gradient sums to 0.
+    np.testing.assert_allclose(got.sum(-1), 0.0, atol=1e-12)
+    # At rho = pi = pi*_tau the gradient vanishes (online IPO's fixed point).
+    star = eq_lib.regularized_equilibrium(game, tau)
+    at_star = solvers_lib.ipo_gradient(game, star.log_policy, tau, star.log_policy)
+    np.testing.assert_allclose(at_star, 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "game, tau",
+    [
+        (games_lib.dice(np.array([0.6, 0.3, 0.1])), 0.1),
+        (games_lib.random_game(2, 6, seed=2), 0.1),
+        (games_lib.random_game(3, 10, seed=5), 0.5),
+    ],
+    ids=["dice", "random-6", "random-10"],
+)
+def test_online_ipo_converges_to_the_regularised_equilibrium(game, tau):
+    star = eq_lib.regularized_equilibrium(game, tau)
+    traj = solvers_lib.online_ipo(game, tau, 2000, eta=0.5)
+    # Measured at T = 2000: KL ~ 1e-16 on both n = 3, 6 games; 6.9e-8 on the slowest
+    # context of the n = 10 game (the rate ~ 4 eta min rho is set by the rarest response).
+    kl = eq_lib.kl(star.log_policy, traj.log_policies[-1], logs=True)
+    assert np.all(kl < 1e-6), kl
+    assert np.all(eq_lib.regularized_exploitability(game, traj.log_policies[-1], tau) < 1e-6)
+    assert traj.name == "online-ipo" and traj.log_policies.shape == (2001, *game.ref.shape)
+
+
+def test_ipo_md_with_beta_zero_is_online_ipo():
+    game = games_lib.random_game(2, 6, seed=2)
+    a = solvers_lib.online_ipo(game, 0.2, 200, eta=0.3)
+    b = solvers_lib.ipo_md(game, 0.2, 0.0, 200, eta=0.3)
+    np.testing.assert_allclose(b.log_policies, a.log_policies, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 1.0])
+def test_ipo_md_converges_to_its_own_fixed_point_not_pi_star(beta):
+    tau = 0.1
+    for game in (games_lib.dice(np.array([0.6, 0.3, 0.1])), games_lib.random_game(2, 6, seed=2)):
+        star = eq_lib.regularized_equilibrium(game, tau)
+        log_pi = solvers_lib.ipo_md(game, tau, beta, 2000, record="last").log_policies[-1]
+        # The stationary condition pi ∝ mu exp(P(y > pi_mix) / tau) holds...
+        assert np.all(_ipo_md_residual(game, log_pi, tau, beta) < 1e-9)
+        # ...and it is the fixed point of Nash-MD with the constant step eta tau = beta.
+        nmd = solvers_lib.nash_md(game, tau, 2000, eta=beta / tau, record="last")
+        np.testing.assert_allclose(np.exp(log_pi), nmd.policies[0], rtol=0, atol=1e-9)
+        # ...but it is not pi*_tau: measured gaps are >= 6.9e-6 (dice, beta = 0.1).
+        assert np.all(eq_lib.kl(star.log_policy, log_pi, logs=True) > 5e-6)
+        assert np.all(eq_lib.regularized_exploitability(game, log_pi, tau) > 5e-7)
+
+
+def test_ipo_md_with_beta_one_is_the_best_response_to_mu():
+    # beta = 1 samples pairs from mu only (offline IPO on mu x mu): pi ∝ mu exp(P(y > mu) / tau).
+    game = games_lib.random_game(2, 6, seed=2)
+    traj = solvers_lib.ipo_md(game, 0.5, 1.0, 1000, record="last")
+    expected = solvers_lib.best_response_to_ref(game, 0.5)
+    np.testing.assert_allclose(traj.log_policies[0], expected, rtol=0, atol=1e-9)
+
+
+def test_ipo_md_on_the_dice_with_uniform_mu_stays_at_pi_star():
+    # With uniform mu, pi*_tau = mu = uniform and P(y > uniform) = 1/2 for every die,
+    # so the uniform policy solves IPO-MD's equation for every beta: no gap here.
+    game = games_lib.dice()
+    for beta in (0.0, 0.5, 1.0):
+        traj = solvers_lib.ipo_md(game, 0.1, beta, 100, init=np.array([0.5, 0.3, 0.2]))
+        np.testing.assert_allclose(traj.policies[-1], np.full((1, 3), 1 / 3), atol=1e-12)
+
+
+def test_ipo_solvers_reject_bad_input():
+    game = games_lib.dice()
+    with pytest.raises(ValueError, match="tau > 0"):
+        solvers_lib.online_ipo(game, 0.0, 10)
+    with pytest.raises(ValueError, match="beta must be in"):
+        solvers_lib.ipo_md(game, 0.1, 1.5, 10)
+    with pytest.raises(ValueError, match="step sizes must be > 0"):
+        solvers_lib.online_ipo(game, 0.1, 10, eta=0.0)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        solvers_lib.ipo_md(game, 0.1, 0.5, 0)

@@ -6,7 +6,8 @@ public API of its modules:
 
 * `games`: the `Game` container, validation and constructors (App. A, C.1, C.2, §3.2);
 * `solvers`: Nash-MD, OMD, self-play, Nash-EMA, fictitious play, best response
-  to mu and the RLHF pipeline, as jitted `lax.scan` loops over contexts;
+  to mu, the RLHF pipeline, online IPO and IPO-MD, as jitted `lax.scan` loops
+  over contexts;
 * `equilibrium`: pi*_tau with a certificate, the LP equilibrium, and metrics;
 * `plots`: convergence curves against Theorem 1's bound.
 """
@@ -43,9 +44,12 @@ from nlhf_jax.tabular.solvers import (
     best_response_to_ref,
     fictitious_play,
     fit_bradley_terry,
+    ipo_gradient,
+    ipo_md,
     nash_ema,
     nash_md,
     nash_md_schedule,
+    online_ipo,
     online_mirror_descent,
     rlhf,
     self_play,
@@ -67,12 +71,15 @@ __all__ = [
     "fit_bradley_terry",
     "from_rankings",
     "from_utilities",
+    "ipo_gradient",
+    "ipo_md",
     "kl",
     "mixture",
     "nash_ema",
     "nash_lp",
     "nash_md",
     "nash_md_schedule",
+    "online_ipo",
     "online_mirror_descent",
     "plot_convergence",
     "preference",

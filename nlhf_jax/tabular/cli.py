@@ -35,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nlhf tabular",
         description="Run the tabular NLHF solvers (Nash-MD, OMD, self-play, fictitious play, "
-        "Nash-EMA, best response to mu, RLHF) on a preference game and compare their last "
-        "iterates with the exact regularised equilibrium pi*_tau.",
+        "Nash-EMA, best response to mu, RLHF, online IPO, IPO-MD) on a preference game and "
+        "compare their last iterates with the exact regularised equilibrium pi*_tau.",
     )
     p.add_argument("--game", choices=GAMES, default="dice", help="which game (default: dice)")
     p.add_argument("--tau", type=float, default=0.1, help="KL regularisation tau > 0 (default 0.1)")
@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         help="constant step for nash-md-const, omd, nash-ema, self-play (default min(1, 1/tau))",
     )
     p.add_argument("--ema-decay", type=float, default=0.9, help="Nash-EMA decay in [0, 1)")
+    p.add_argument(
+        "--ipo-eta", type=float, default=0.5, help="gradient step of online-ipo and ipo-md (0.5)"
+    )
+    p.add_argument(
+        "--ipo-beta", type=float, default=0.25, help="IPO-MD mixture weight in [0, 1] (0.25)"
+    )
     p.add_argument(
         "--contexts",
         type=int,
@@ -86,6 +92,10 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if not 0 <= args.ema_decay < 1:
         raise UsageError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not args.ipo_eta > 0:
+        raise UsageError(f"--ipo-eta must be > 0, got {args.ipo_eta}")
+    if not 0 <= args.ipo_beta <= 1:
+        raise UsageError(f"--ipo-beta must be in [0, 1], got {args.ipo_beta}")
     if args.plot is not None and not args.plot.lower().endswith((".png", ".pdf", ".svg")):
         raise UsageError(f"--plot must name a .png, .pdf or .svg file, got {args.plot!r}")
 
@@ -141,6 +151,9 @@ def _solvers(args, eta: float) -> dict[str, Callable[[games_lib.Game], object]]:
         "self-play": lambda g: solvers_lib.self_play(g, steps, eta=eta),
         "br-to-mu": lambda g: solvers_lib.best_response_to_ref(g, tau),
         "rlhf": lambda g: solvers_lib.rlhf(g, tau).log_policy,
+        # Gradient dynamics on the IPO loss (Calandriello et al. 2024), with their own step.
+        "online-ipo": lambda g: solvers_lib.online_ipo(g, tau, steps, eta=args.ipo_eta),
+        "ipo-md": lambda g: solvers_lib.ipo_md(g, tau, args.ipo_beta, steps, eta=args.ipo_eta),
     }
 
 

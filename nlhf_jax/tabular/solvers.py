@@ -15,7 +15,11 @@ the same batched representation so that claim can be checked side by side:
 * `fictitious_play`: best response to the uniform average of past policies (§5);
 * `best_response_to_ref`: the regularised best response to mu (beta = 1 in §7);
 * `rlhf`: fit Bradley-Terry rewards by maximum likelihood, then the
-  KL-regularised reward maximiser mu exp(r / tau) / Z (§3, App. A/B).
+  KL-regularised reward maximiser mu exp(r / tau) / Z (§3, App. A/B);
+* `online_ipo` and `ipo_md`: exact gradient steps on the IPO loss (Azar et al.
+  2023) with pairs from the current policy or from the Nash-MD mixture
+  (Calandriello et al. 2024). Online IPO's fixed point is pi*_tau; IPO-MD's is
+  that of Nash-MD with a constant step eta tau = beta.
 
 Every iterative solver is one jitted `lax.scan`, vectorised over contexts with
 batched einsums, and works on log-policies so that nearly deterministic
@@ -470,3 +474,195 @@ def rlhf(game: games_lib.Game, tau: float, *, sampling: Array | None = None) -> 
     log_pi = logits - np.max(logits, -1, keepdims=True)
     log_pi = log_pi - np.log(np.sum(np.exp(log_pi), -1, keepdims=True))
     return RLHFResult(rewards, log_pi)
+
+
+# --------------------------------------------------------------------------
+# Online IPO and IPO-MD (Calandriello et al. 2024; IPO: Azar et al. 2023).
+# --------------------------------------------------------------------------
+
+
+def _ipo_grad(pref, log_mu, log_pi, log_rho, tau):
+    """Exact gradient in the logits of the IPO population loss, rho held fixed.
+
+    The loss (Azar et al. 2023, the IPO objective; sampled online in Calandriello
+    et al. 2024) is, per context and up to a constant,
+      L(pi; rho) = E_{y, y' ~ rho} [(h_pi(y, y') - (P(y > y') - 1/2) / tau)^2],
+      h_pi(y, y') = g(y) - g(y'),  g = log pi - log mu.
+    Since P - 1/2 is antisymmetric, dL/dg(y) = 4 rho(y) a(y) with
+      a(y) = sum_y' rho(y') [g(y) - g(y') - (P(y, y') - 1/2) / tau]
+           = g(y) - E_rho[g] - P(y > rho) / tau + 1 / (2 tau),
+    and through the softmax dg(y)/dtheta(k) = 1[y = k] - pi(k). Note sum_y rho(y) a(y)
+    = 1/(2 tau) - rho^T P rho / tau = 0 (rho^T P rho = 1/2), so the softmax term
+    vanishes: L depends on g only through differences.
+
+    Args:
+      pref: [C, n, n] P(y > y').
+      log_mu: [C, n] log mu.
+      log_pi: [C, n] log pi (normalised).
+      log_rho: [C, n] log of the sampling distribution (normalised).
+      tau: regularisation, > 0.
+
+    Returns:
+      [C, n] gradient of L with respect to the logits theta (pi = softmax(theta)).
+    """
+    rho = jnp.exp(log_rho)
+    g = log_pi - log_mu
+    a = (
+        g
+        - jnp.sum(rho * g, axis=-1, keepdims=True)
+        - jnp.einsum("cij,cj->ci", pref, rho) / tau
+        + 0.5 / tau
+    )
+    d = 4.0 * rho * a
+    return d - jnp.exp(log_pi) * jnp.sum(d, axis=-1, keepdims=True)
+
+
+def _ipo_log_rho(log_pi, log_mu, beta):
+    # IPO-MD samples from the geometric mixture pi^(1 - beta) mu^beta / Z, the same
+    # mixture as Nash-MD's eq. 3 (with beta in place of eta tau); beta = 0 is online IPO.
+    return jax.nn.log_softmax((1.0 - beta) * log_pi + beta * log_mu, axis=-1)
+
+
+def _ipo_step(carry, xs, *, pref, log_mu, tau, beta):
+    """One gradient step theta <- theta - eta grad L(pi_theta; sg(rho))."""
+    log_pi, log_avg = carry
+    t, eta = xs
+    # sg(rho): the sampling distribution is a constant of this step (no gradient
+    # flows through the samples, as in the online algorithm).
+    log_rho = jax.lax.stop_gradient(_ipo_log_rho(log_pi, log_mu, beta))
+    grad = _ipo_grad(pref, log_mu, log_pi, log_rho, tau)
+    # theta = log pi up to a per-context constant, which the softmax ignores.
+    log_new = jax.nn.log_softmax(log_pi - eta * grad, axis=-1)
+    return log_new, _log_mix(log_avg, log_new, 1.0 / (t + 2.0))
+
+
+@functools.partial(jax.jit, static_argnames=("record_all",))
+def _run_ipo(pref, log_mu, log_pi0, etas, tau, beta, *, record_all):
+    step = functools.partial(_ipo_step, pref=pref, log_mu=log_mu, tau=tau, beta=beta)
+
+    def body(carry, xs):
+        carry = step(carry, xs)
+        return carry, carry if record_all else None
+
+    ts = jnp.arange(etas.shape[0], dtype=etas.dtype)
+    final, hist = jax.lax.scan(body, (log_pi0, log_pi0), (ts, etas))
+    if record_all:
+        return tuple(
+            jnp.concatenate([x0[None], h]) for x0, h in zip((log_pi0, log_pi0), hist, strict=True)
+        )
+    return tuple(x[None] for x in final)
+
+
+def _ipo_trajectory(name, game, tau, beta, steps, eta, init, record, dtype):
+    if not tau > 0:
+        raise ValueError(f"IPO needs tau > 0, got {tau}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if record not in ("all", "last"):
+        raise ValueError(f"record must be 'all' or 'last', got {record!r}")
+    etas = np.broadcast_to(np.asarray(eta, dtype=np.float64), (steps,))
+    if np.any(etas <= 0):
+        raise ValueError(f"step sizes must be > 0, got min eta = {etas.min()}")
+    with jax.enable_x64(True):
+        log_pi, log_avg = _run_ipo(
+            jnp.asarray(game.pref, dtype),
+            jnp.asarray(np.log(game.ref), dtype),
+            jnp.asarray(_log_init(game, init), dtype),
+            jnp.asarray(etas, dtype),
+            jnp.asarray(tau, dtype),
+            jnp.asarray(beta, dtype),
+            record_all=record == "all",
+        )
+        log_pi, log_avg = np.asarray(log_pi), np.asarray(log_avg)
+    record_steps = np.arange(steps + 1) if record == "all" else np.array([steps])
+    return Trajectory(name, record_steps, log_pi, log_avg)
+
+
+@eq_lib.x64
+def ipo_gradient(game: games_lib.Game, log_pi: Array, tau: float, log_rho: Array) -> np.ndarray:
+    """Closed-form gradient of the IPO population loss in the logits, rho fixed.
+
+    See `_ipo_grad` for the loss and the derivation.
+
+    Args:
+      game: the game (P and mu).
+      log_pi: [C, n] log pi.
+      tau: regularisation, > 0.
+      log_rho: [C, n] log of the sampling distribution of both y and y'.
+
+    Returns:
+      [C, n] float64 dL/dtheta with pi = softmax(theta).
+    """
+    pref, log_mu, log_pi, log_rho = (
+        jnp.asarray(a, jnp.float64) for a in (game.pref, np.log(game.ref), log_pi, log_rho)
+    )
+    log_pi = jax.nn.log_softmax(log_pi, axis=-1)
+    log_rho = jax.nn.log_softmax(log_rho, axis=-1)
+    return _ipo_grad(pref, log_mu, log_pi, log_rho, jnp.float64(tau))
+
+
+def online_ipo(
+    game: games_lib.Game,
+    tau: float,
+    steps: int,
+    *,
+    eta: float | Array = 0.5,
+    init: Array | None = None,
+    record: Record = "all",
+    dtype: DType = jnp.float64,
+) -> Trajectory:
+    """Online IPO: exact gradient steps on the IPO loss with pairs from sg(pi).
+
+    theta_{t+1} = theta_t - eta_t grad_theta L(pi_theta; rho = sg(pi_t)), with L the
+    IPO population loss (Azar et al. 2023) and rho the current policy, as in the
+    online IPO of Calandriello et al. (2024). The gradient is zero at rho = pi
+    exactly when log pi = log mu + P(y > pi) / tau + c, i.e. at pi*_tau (§4, eq. 2):
+    online IPO and Nash-MD share their fixed point.
+
+    Args:
+      game: the game.
+      tau: regularisation, > 0 (it scales the regression target (P - 1/2) / tau).
+      steps: number of updates T.
+      eta: constant step size or [T] step sizes, > 0. The Hessian of L in the
+        logits at fixed rho is 4 (diag rho - rho rho^T), whose largest
+        eigenvalue is below 4 max rho, so eta <= 0.5 keeps each step stable.
+      init: optional [C, n] (or [n]) full-support start; mu by default.
+      record: "all" keeps pi_0..pi_T, "last" only pi_T.
+      dtype: compute dtype.
+
+    Returns:
+      The Trajectory; `log_averages` is the uniform average of pi_0..pi_t.
+    """
+    return _ipo_trajectory("online-ipo", game, tau, 0.0, steps, eta, init, record, dtype)
+
+
+def ipo_md(
+    game: games_lib.Game,
+    tau: float,
+    beta: float,
+    steps: int,
+    *,
+    eta: float | Array = 0.5,
+    init: Array | None = None,
+    record: Record = "all",
+    dtype: DType = jnp.float64,
+) -> Trajectory:
+    """IPO-MD: the IPO loss with pairs from sg(pi^(1-beta) mu^beta / Z).
+
+    Calandriello et al. (2024) sample the pairs of the IPO loss from the
+    geometric mixture of Nash-MD (eq. 3) instead of pi. The gradient vanishes
+    when log pi = log mu + P(y > pi_mix) / tau + c, i.e. at a fixed point of
+    pi ∝ mu exp(P(y > pi_mix) / tau). That is the fixed point of Nash-MD with a
+    constant step eta tau = beta (eq. 5 at pi_{t+1} = pi_t), not pi*_tau unless
+    beta = 0 or pi*_tau = mu. beta = 0 recovers `online_ipo`.
+
+    Args:
+      game, tau, steps, eta, init, record, dtype: as in `online_ipo`.
+      beta: mixture weight in [0, 1].
+
+    Returns:
+      The Trajectory.
+    """
+    return _ipo_trajectory("ipo-md", game, tau, beta, steps, eta, init, record, dtype)
