@@ -15,7 +15,7 @@ _COMMANDS = {
     "world": ("nlhf_jax.data.world.cli", "generate or describe the embedded world"),
     "evaluate": ("nlhf_jax.run_evaluate", "win-rate matrix of trained policies under a judge"),
     "demo": ("nlhf_jax.demo", "run the end-to-end demo on the embedded world"),
-    "convert": ("nlhf_jax.checkpoints.convert", "convert T5 checkpoints between HF and T5X"),
+    "convert": ("nlhf_jax.run_convert", "convert T5 checkpoints between HF and T5X"),
 }
 
 

@@ -2,7 +2,7 @@
 
 `hf` converts HuggingFace T5 checkpoints (config.json + safetensors) and `t5x` T5X
 checkpoints (msgpack + zarr) to and from the parameter tree of
-`nlhf_jax.models.EncoderDecoder`; `convert` is the `nlhf convert` command between them.
+`nlhf_jax.models.EncoderDecoder`; `nlhf convert` (`nlhf_jax.run_convert`) goes between them.
 """
 
 from nlhf_jax.checkpoints.hf import load_t5

@@ -26,7 +26,7 @@ from nlhf_jax.checkpoints import hf
 from nlhf_jax.checkpoints import t5x
 from nlhf_jax.models import t5
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 _PRESET_DIR = os.path.join(_REPO, "configs", "models")
 # What a model preset may contain: architecture bindings and includes of other presets.
 _BINDING = re.compile(r"t5\.T5Config\.(\w+)\s*=\s*(.+)")
