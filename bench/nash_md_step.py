@@ -22,8 +22,9 @@ Rows:
   `online.step_fn` (the callback `run_policy` gives `trainer.run_loop`): its four
   jitted phases and their shardings, timed at its host boundaries (`time/*_s`).
 * decoder-only (ours): `models.t5.DecoderOnly` with the small model's decoder dims.
-  The prompt is prefilled through cached single-token steps (our decode mode consumes
-  one token per call), then one jitted loop carries the policy cache for the y and
+  The prompt is prefilled in one cached forward pass over all its tokens
+  (`--stepwise_prefill`: one cached single-token step per prompt token, the older
+  path), then one jitted loop carries the policy cache for the y and
   y' rows (2B rows) and the reference cache for the y' rows; reference log-probs are
   one teacher-forced pass; the update reuses `losses.policy_gradient_advantages` /
   `policy_gradient_loss` and `steps.normalised_step`.
@@ -87,6 +88,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--stepwise_prefill", action="store_true",
+                   help="decoder-only row: prefill the prompt one cached step per token")
     p.add_argument("--rows", default="tiny,small,decoder,trl",
                    help="comma-separated subset of tiny,small,decoder,trl")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
@@ -459,7 +462,11 @@ def _decoder_only_iteration(args, config, prompts):
         return policy.normalise(logits[:, 0]), variables["cache"]
 
     def prefill(p, prompt):
-        """Runs the prompt through cached steps: (cache, log-probs of the first response token)."""
+        """Runs the prompt through the cache: (cache, log-probs of the first response token)."""
+        if not args.stepwise_prefill:  # one pass over the whole prompt
+            logits, variables = model.apply({"params": p}, prompt, decode=True, max_decode_len=total_len,
+                                            mutable=["cache"])
+            return flax.core.unfreeze(variables["cache"]), policy.normalise(logits[:, -1])
         _, variables = model.apply({"params": p}, prompt[:, :1], decode=True, max_decode_len=total_len,
                                    mutable=["cache"])
         cache = flax.core.unfreeze(variables["cache"])

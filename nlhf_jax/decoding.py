@@ -10,6 +10,10 @@ carries both caches, not a second decoder.
 The returned log-probabilities are those of the distribution each token was actually
 drawn from (temperature and top-k applied, renormalised), which is what an on-policy
 gradient needs.
+
+A `DecoderOnly` model has no encoder: its prompt is prefilled into the cache instead
+(`init_decoder_only_cache`), in one forward pass over the whole prompt by default, or
+one cached step per prompt token (the older, slower path, kept for parity checks).
 """
 
 import dataclasses
@@ -124,6 +128,7 @@ def sample(
     cfg: SamplingConfig,
     *,
     logits_to_logprobs: Optional[Callable[[Array], Array]] = None,
+    first_tokens: Optional[Array] = None,
 ) -> DecodeOutput:
     """Samples one sequence per row with a cached decoder.
 
@@ -137,6 +142,9 @@ def sample(
       cfg: sampling settings.
       logits_to_logprobs: overrides `sampling_logprobs(., cfg)`, e.g. for a mixture
         that has already normalised its logits.
+      first_tokens: int [B], what the first step consumes: default 0, T5's decoder
+        start token; a decoder-only model's last prompt token (see
+        `init_decoder_only_cache`).
 
     Returns:
       DecodeOutput with tokens/logprobs [B, cfg.max_decode_len] and lengths [B].
@@ -166,7 +174,11 @@ def sample(
 
     init = (
         jnp.zeros((), jnp.int32),
-        jnp.full((batch,), types.PAD_ID, jnp.int32),  # T5's decoder start token
+        (
+            jnp.full((batch,), types.PAD_ID, jnp.int32)  # T5's decoder start token
+            if first_tokens is None
+            else jnp.asarray(first_tokens, jnp.int32)
+        ),
         jnp.zeros((batch, length), jnp.int32),
         jnp.zeros((batch, length), jnp.float32),
         jnp.zeros((batch,), jnp.int32),
@@ -244,6 +256,124 @@ def generate(
     cache = init_cache(model, params, encoder_input_tokens, cfg.max_decode_len)
     step_fn = model_tokens_to_logits(model, params, encoder_input_tokens)
     out = sample(step_fn, cache, rngs, cfg)
+    return out.replace(state=None)
+
+
+def left_align(prompts: Array) -> tuple[Array, Array]:
+    """Right-padded prompts (the project's layout) -> left-padded, with their mask.
+
+    A decoder-only model continues every row from the same position, so the rows' last
+    prompt tokens must share a column. Each row is rolled right by its padding; the
+    mask hides the padding from attention (relative position biases see only offsets,
+    so this changes no row's logits).
+
+    Args:
+      prompts: int [B, K], 0 after each row's end (no padding inside a row).
+
+    Returns:
+      (tokens int32 [B, K], mask bool [B, K]). An all-padding row keeps its last 0
+      visible, as a start token.
+    """
+    prompts = jnp.asarray(prompts, jnp.int32)
+    k = prompts.shape[1]
+    lengths = jnp.sum(prompts != types.PAD_ID, axis=1)
+    shift = k - lengths
+    columns = jnp.arange(k)[None, :]
+    tokens = jnp.take_along_axis(prompts, (columns - shift[:, None]) % k, axis=1)
+    mask = columns >= jnp.minimum(shift, k - 1)[:, None]
+    return tokens, mask
+
+
+def init_decoder_only_cache(
+    model: nn.Module,
+    params: PyTree,
+    prompts: Array,
+    max_decode_len: int,
+    *,
+    stepwise_prefill: bool = False,
+) -> tuple[PyTree, Array]:
+    """Prefills a `DecoderOnly` model's cache with all prompt tokens but the last.
+
+    The last prompt token is what `sample`'s first step consumes (`first_tokens`), so
+    the first sampled token is predicted from it, exactly as in a full forward pass.
+
+    Args:
+      model: a `DecoderOnly`.
+      params: its parameters.
+      prompts: int [B, K], right-padded (see `left_align`).
+      max_decode_len: the number of tokens that will be generated.
+      stepwise_prefill: prefill one cached step per prompt token (a `lax.scan`)
+        instead of one forward pass over the prompt; same result, slower.
+
+    Returns:
+      (cache, first_tokens int32 [B]); the cache holds K - 1 + max_decode_len
+      positions and its index points after the prefilled K - 1.
+    """
+    tokens, mask = left_align(prompts)
+    k = tokens.shape[1]
+    cache_len = k - 1 + max_decode_len
+    variables = {"params": params}
+    if stepwise_prefill or k == 1:
+        # The cache-creating call writes position 0; the first real step overwrites it.
+        _, created = model.apply(variables, tokens[:, :1], decode=True, max_decode_len=cache_len,
+                                 input_mask=mask[:, :1], mutable=["cache"])
+        cache = flax.core.unfreeze(created["cache"])
+        cache["decoder"]["index"] = jnp.zeros((), jnp.int32)
+
+        def step(cache, column):
+            tok, m = column
+            _, updated = model.apply({**variables, "cache": cache}, tok[:, None], decode=True,
+                                     input_mask=m[:, None], mutable=["cache"])
+            return updated["cache"], None
+
+        cache, _ = jax.lax.scan(step, cache, (tokens[:, :-1].T, mask[:, :-1].T))
+    else:
+        # One pass: every layer's keys and values for positions 0..K-2 at once, under
+        # the causal mask and the padding mask. Its logits are unused (and compiled away).
+        _, created = model.apply(variables, tokens[:, :-1], decode=True, max_decode_len=cache_len,
+                                 input_mask=mask[:, :-1], mutable=["cache"])
+        cache = flax.core.unfreeze(created["cache"])
+    return cache, tokens[:, -1]
+
+
+def decoder_only_tokens_to_logits(model: nn.Module, params: PyTree) -> TokensToLogits:
+    """The decode step of a `DecoderOnly` as a `tokens_to_logits` callable (state: cache)."""
+
+    def fn(tokens: Array, cache: PyTree) -> tuple[Array, PyTree]:
+        logits, variables = model.apply(
+            {"params": params, "cache": cache}, tokens, decode=True, mutable=["cache"]
+        )
+        return logits[:, 0], variables["cache"]
+
+    return fn
+
+
+def generate_decoder_only(
+    model: nn.Module,
+    params: PyTree,
+    prompts: Array,
+    rngs: Array,
+    cfg: SamplingConfig,
+    *,
+    stepwise_prefill: bool = False,
+) -> DecodeOutput:
+    """Samples continuations of `prompts` from a `DecoderOnly` (jit with `cfg` static).
+
+    Args:
+      model: the network.
+      params: its parameters.
+      prompts: int [B, K], right-padded.
+      rngs: per-row keys [B].
+      cfg: sampling settings.
+      stepwise_prefill: see `init_decoder_only_cache`.
+
+    Returns:
+      DecodeOutput of the continuations only (its `state` is dropped).
+    """
+    cache, first = init_decoder_only_cache(
+        model, params, prompts, cfg.max_decode_len, stepwise_prefill=stepwise_prefill
+    )
+    out = sample(decoder_only_tokens_to_logits(model, params), cache, rngs, cfg, first_tokens=first)
     return out.replace(state=None)
 
 

@@ -182,7 +182,8 @@ class MultiHeadAttention(nn.Module):
     """T5 multi-head attention (no logit scaling, no biases), with decode caches.
 
     Decode mode (`decode=True`) keeps its keys and values in the `cache` collection:
-    self-attention appends one position per call at `decode_index`; cross-attention
+    self-attention writes the call's Q positions at `decode_index` onwards (Q = 1 for
+    a generation step, the whole prompt for a one-pass prefill); cross-attention
     projects the encoder output once, when the cache is created, and reuses it for
     every generated token.
     """
@@ -227,7 +228,8 @@ class MultiHeadAttention(nn.Module):
           deterministic: disables dropout.
           decode: use and update the `cache` collection.
           cross: this is encoder-decoder attention (its cache is filled once).
-          decode_index: int scalar, the position written by a self-attention decode step.
+          decode_index: int scalar, the first position written by a self-attention
+            decode call (its Q positions go to decode_index, ..., decode_index + Q - 1).
           cache_len: length of the self-attention cache, used when it is created.
 
         Returns:
@@ -247,8 +249,6 @@ class MultiHeadAttention(nn.Module):
         if decode and cross:
             k, v = self._cross_cache(key, value, inputs_kv)
         elif decode:
-            if inputs_q.shape[1] != 1:
-                raise ValueError(f"a decode step takes one position per row, got {inputs_q.shape}")
             k, v = self._self_cache(key(inputs_kv), value(inputs_kv), decode_index, cache_len)
         else:
             k = self._split_heads(key(inputs_kv))
@@ -282,9 +282,10 @@ class MultiHeadAttention(nn.Module):
         """Self-attention keys and values of all positions so far, from a fixed-size
         cache [B, cache_len, H, Dh].
 
-        Every call (one query position) writes its key/value at `decode_index`; the
-        call that creates the cache (see `nlhf_jax.decoding.init_cache`) writes
-        position 0, which the first real step then overwrites.
+        Every call writes the keys/values of its Q positions at `decode_index`
+        onwards. The call that creates the cache either writes position 0 only, which
+        the first real step then overwrites (see `nlhf_jax.decoding.init_cache`), or
+        the whole prompt at once (`nlhf_jax.decoding.init_decoder_only_cache`).
         """
         k_new, v_new = self._split_heads(k_new), self._split_heads(v_new)
         if not self.has_variable("cache", "cached_key") and not cache_len:
@@ -292,6 +293,11 @@ class MultiHeadAttention(nn.Module):
         shape = (k_new.shape[0], cache_len) + k_new.shape[2:]
         k_var = self.variable("cache", "cached_key", jnp.zeros, shape, k_new.dtype)
         v_var = self.variable("cache", "cached_value", jnp.zeros, shape, v_new.dtype)
+        if k_new.shape[1] > k_var.value.shape[1]:
+            raise ValueError(
+                f"a decode call of {k_new.shape[1]} positions exceeds the cache of "
+                f"{k_var.value.shape[1]}"
+            )
         zero = jnp.zeros((), jnp.int32)
         idx = (zero, decode_index.astype(jnp.int32), zero, zero)
         k_var.value = jax.lax.dynamic_update_slice(k_var.value, k_new, idx)

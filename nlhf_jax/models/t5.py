@@ -223,9 +223,15 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Causal T5 decoder, with optional cross-attention and a decode-mode cache.
 
-    In decode mode every call consumes one token per row and the stack keeps a
-    `cache/index` (the position being written). The call that creates the cache
-    passes `max_decode_len`; `nlhf_jax.decoding.init_cache` then resets the index.
+    In decode mode every call consumes L tokens per row (L = 1 for a generation step,
+    the prompt for a one-pass prefill) and the decoder keeps a `cache/index` (the
+    next position to write) and a `cache/key_mask` (bool [B, cache_len], False at
+    keys no later query may attend to, e.g. a left-padded prompt's padding). The call
+    that creates the cache passes `max_decode_len`; `nlhf_jax.decoding.init_cache`
+    then resets the index.
+
+    Relative position biases depend only on key - query offsets, so a left-padded row
+    whose padding keys are masked out gets the same logits as the unpadded row.
     """
 
     config: T5Config
@@ -241,10 +247,14 @@ class Decoder(nn.Module):
         deterministic: bool,
         decode: bool = False,
         max_decode_len: int = 0,
+        input_mask: Optional[Array] = None,
     ) -> Array:
         """embedded: [B, L, D] -> hidden [B, L, D] (after the final norm and dropout).
 
-        In decode mode L == 1; `max_decode_len` sizes the cache on the creating call.
+        In decode mode the L positions are written at `cache/index` onwards;
+        `max_decode_len` sizes the cache on the creating call. `input_mask` (bool
+        [B, L], default all True) marks the positions that later queries may attend
+        to; outputs at masked positions are meaningless.
         """
         cfg = self.config
         relpos = layers.RelativePositionBias(
@@ -258,23 +268,34 @@ class Decoder(nn.Module):
             else None
         )
         decode_index = None
+        batch, length = embedded.shape[:2]
         if decode:
-            # One position per call; `cache/index` is the position being written.
+            # `cache/index` is the first position this call writes.
             if not self.has_variable("cache", "index") and not max_decode_len:
                 raise ValueError("the cache-creating decode call needs max_decode_len")
             index_var = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
             decode_index = index_var.value
             cache_len = max_decode_len or self._cache_length()
+            if length > cache_len:
+                raise ValueError(f"a decode call of {length} positions exceeds the cache of {cache_len}")
             keys = jnp.arange(cache_len)
-            bias = relpos(decode_index[None], keys)
-            self_mask = (keys <= decode_index)[None, None, None, :]
-            index_var.value = decode_index + 1
+            queries = decode_index + jnp.arange(length)
+            bias = relpos(queries, keys)
+            key_mask_var = self.variable("cache", "key_mask", jnp.ones, (batch, cache_len), bool)
+            if input_mask is not None:
+                key_mask_var.value = jax.lax.dynamic_update_slice(
+                    key_mask_var.value, input_mask.astype(bool), (jnp.zeros((), jnp.int32), decode_index)
+                )
+            key_mask = key_mask_var.value
+            self_mask = (keys[None, :] <= queries[:, None])[None, None] & key_mask[:, None, None, :]
+            index_var.value = decode_index + length
         else:
             cache_len = 0
-            length = embedded.shape[1]
             pos = jnp.arange(length)
             bias = relpos(pos, pos)
             self_mask = (pos[None, :] <= pos[:, None])[None, None]
+            if input_mask is not None:
+                self_mask = self_mask & input_mask.astype(bool)[:, None, None, :]
         x = nn.Dropout(cfg.dropout_rate)(embedded, deterministic=deterministic)
         x = _constrain(x)
         x = _Stack(cfg, has_cross=self.has_cross, deterministic=deterministic, decode=decode,
@@ -395,11 +416,19 @@ class DecoderOnly(nn.Module):
         enable_dropout: bool = False,
         decode: bool = False,
         max_decode_len: int = 0,
+        input_mask: Optional[Array] = None,
     ) -> Array:
-        """tokens: int [B, L] -> float32 logits [B, L, V] (next-token prediction)."""
+        """tokens: int [B, L] -> float32 logits [B, L, V] (next-token prediction).
+
+        `input_mask` (bool [B, L]) hides positions from every query, e.g. the padding
+        of left-padded prompts (see `Decoder`); default: every position is visible.
+        In decode mode (see `nlhf_jax.decoding.init_decoder_only_cache`) L may be 1
+        (a generation step) or the whole prompt (a one-pass prefill).
+        """
         hidden = self.decoder(
             self.token_embedder(tokens), None, None,
             deterministic=not enable_dropout, decode=decode, max_decode_len=max_decode_len,
+            input_mask=input_mask,
         )
         return self.head(hidden, self.token_embedder)
 
