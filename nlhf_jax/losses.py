@@ -102,3 +102,59 @@ def policy_gradient_loss(
     """
     per_example = jnp.sum(advantages * policy_logps * mask, axis=-1)
     return -jnp.sum(example_weights * per_example), jnp.sum(example_weights)
+
+
+def ipo_loss(
+    policy_logps: Array,
+    alt_policy_logps: Array,
+    reference_logps: Array,
+    alt_reference_logps: Array,
+    mask: Array,
+    alt_mask: Array,
+    pref: Array,
+    tau: Array,
+    example_weights: Array,
+) -> tuple[Array, Array, Array]:
+    """Sampled IPO loss on pairs: sum_b w_b (h_b - (p_b - 1/2) / tau_b)^2.
+
+    The IPO objective (Azar et al. 2023, "A General Theoretical Paradigm to Understand
+    Learning from Human Preferences") optimised online (Calandriello et al. 2024,
+    "Human Alignment of Large Language Models through Online Preference
+    Optimisation": online IPO, Prop. 4.1-4.2; IPO-MD, Prop. 5.1):
+      L(theta) = E_{y, y' ~ rho} [(h_theta(y, y') - (p(y, y') - 1/2) / tau)^2],
+      h_theta(y, y') = g_theta(y) - g_theta(y'),  g_theta = log pi_theta(.|x) - log mu(.|x),
+    with sequence log-probs and p = P(y > y' | x) from the judge. This is the soft-label
+    form p (h - 1/(2 tau))^2 + (1 - p) (h + 1/(2 tau))^2 up to a term free of theta.
+    rho is sg(pi_theta) for online IPO and sg(the token-level beta-mixture of pi_theta
+    and mu) for IPO-MD: the caller samples both y and y' from rho, so rho never enters
+    here. The tabular counterpart, with its exact gradient and fixed points, is
+    `tabular.solvers.online_ipo` / `ipo_md` / `ipo_gradient`.
+
+    Gradient: both responses carry it, through log pi_theta(y) and log pi_theta(y')
+    (h is a difference of the current policy's log-probs, and the loss depends on
+    theta only through h). Nothing else does: mu is frozen, p is the judge's
+    (a constant target, not a function of theta), and tau is a hyper-parameter; all
+    are under stop_gradient. Because the sampling distribution carries no gradient,
+    the expected gradient of this loss over pairs from rho is grad L with rho held
+    fixed, the quantity the tabular solvers step along.
+
+    Args:
+      policy_logps, alt_policy_logps: [B, L] per-token log pi_theta of y and y',
+        differentiable.
+      reference_logps, alt_reference_logps: [B, L] per-token log mu of y and y'.
+      mask, alt_mask: [B, L], 1 on the tokens of y / y' (EOS included), 0 at padding.
+      pref: [B], P(y > y' | x).
+      tau: [B] or scalar, the regularisation (> 0); the target is (p - 1/2) / tau.
+      example_weights: [B] (1 for samples; rho(y) rho(y') when enumerating).
+
+    Returns:
+      (loss sum, weight sum, h [B] under stop_gradient for logging), float32.
+    """
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    sg = lambda a: jax.lax.stop_gradient(f32(a))  # noqa: E731
+    g = jnp.sum((f32(policy_logps) - sg(reference_logps)) * f32(mask), axis=-1)
+    g_alt = jnp.sum((f32(alt_policy_logps) - sg(alt_reference_logps)) * f32(alt_mask), axis=-1)
+    h = g - g_alt
+    target = (sg(pref) - 0.5) / sg(tau)
+    weights = f32(example_weights)
+    return jnp.sum(weights * jnp.square(h - target)), jnp.sum(weights), jax.lax.stop_gradient(h)

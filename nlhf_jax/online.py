@@ -1,8 +1,9 @@
 """Online policy optimisation (paper §7): Nash-MD-PG, self-play, best response,
-Nash-EMA-PG and RLHF, as four jitted phases and one step callback for the loop.
+Nash-EMA-PG and RLHF, as four jitted phases and one step callback for the loop; and,
+beyond the paper, online IPO and IPO-MD (Calandriello et al. 2024).
 
-One step serves every algorithm; they differ only in the alternative response y' and
-in the signal:
+One step serves every algorithm; they differ only in where y and y' are sampled from
+and in the signal:
 
 | algorithm   | y' sampled from                                   | reward of y            |
 |-------------|---------------------------------------------------|------------------------|
@@ -11,6 +12,15 @@ in the signal:
 | (best resp.)| nash_md with b = 1: mu (the SFT policy)           | same                   |
 | nash_ema    | pi_theta_bar, theta_bar <- b theta_bar + (1-b) theta | same                |
 | rlhf        | (none)                                            | r(y), batch-mean base  |
+| online_ipo  | y and y' both from pi_theta                       | IPO loss on (y, y', p) |
+| ipo_md      | y and y' both from the nash_md mixture            | IPO loss on (y, y', p) |
+
+The IPO rows replace the policy-gradient surrogate by the squared loss
+(log pi/mu(y) - log pi/mu(y') - (p - 1/2) / tau)^2 (`losses.ipo_loss`), with the
+reference log-probs of both responses; their tabular counterparts
+(`tabular.solvers.online_ipo`, `ipo_md`) show online IPO's fixed point is the
+regularised Nash equilibrium pi*_tau and IPO-MD's that of constant-step Nash-MD with
+eta tau = beta.
 
 Phases (tunix GRPO structure), each jitted with explicit shardings (`Phases`):
 sample (y and y'), score (host side: the judge may re-tokenise text), reference
@@ -38,7 +48,9 @@ from nlhf_jax import steps
 from nlhf_jax import train_state as train_state_lib
 from nlhf_jax import trainer
 
-ALGORITHMS = ("nash_md", "nash_ema", "rlhf")
+ALGORITHMS = ("nash_md", "nash_ema", "rlhf", "online_ipo", "ipo_md")
+# Both responses from one distribution rho, the IPO loss on the pair (y, y').
+IPO_ALGORITHMS = ("online_ipo", "ipo_md")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +74,10 @@ class NashMDConfig:
 
     Attributes:
       algorithm: "nash_md" (beta = 0: self-play, beta = 1: best response to mu),
-        "nash_ema" or "rlhf".
-      beta: mixture weight on mu (nash_md) or EMA decay (nash_ema); a float or a
-        LinearSchedule indexed by step.
+        "nash_ema", "rlhf", "online_ipo" or "ipo_md" (ipo_md with beta = 0 samples
+        like online_ipo).
+      beta: mixture weight on mu (nash_md, ipo_md) or EMA decay (nash_ema); a float
+        or a LinearSchedule indexed by step. Unused by rlhf and online_ipo.
       tau: KL(pi || mu) coefficient; float or LinearSchedule.
       num_samples: responses per prompt (the batch holds batch_size prompts x this).
       temperature: sampling temperature; log-probs are those of the tempered policy.
@@ -102,7 +115,8 @@ class Rollout:
     Attributes:
       prompts: int32 [B, K].
       tokens, lengths: y, int32 [B, L] / [B]; 0-padded after EOS.
-      alt_tokens, alt_lengths: y' (same shapes); zeros for rlhf.
+      alt_tokens, alt_lengths: y' (same shapes); zeros for rlhf. For online_ipo and
+        ipo_md, y and y' are two independent draws from the same distribution.
       has_eos: bool [B], whether y ended with EOS before the length cap.
     """
 
@@ -115,10 +129,15 @@ class Rollout:
 
 
 def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig) -> Rollout:
-    """Phase 1: y ~ pi_theta and y' ~ the alternative (no gradient)."""
+    """Phase 1: y ~ pi_theta and y' ~ the alternative (no gradient); for online_ipo and
+    ipo_md, y and y' ~ rho independently (`_sample_pair`)."""
     scfg = cfg.sampling()
     b = prompts.shape[0]
     k_y, k_alt = jax.random.split(rng)
+    if cfg.algorithm in IPO_ALGORITHMS:
+        y, alt = _sample_pair(params, frozen, prompts, (k_y, k_alt), beta, model=model, cfg=cfg)
+        return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths,
+                       _ends_with_eos(y.tokens, y.lengths, scfg.eos_id))
     y = policy.sample(model, params, prompts, jax.random.split(k_y, b), scfg)
     alt_keys = jax.random.split(k_alt, b)
     if cfg.algorithm == "nash_md":
@@ -130,6 +149,31 @@ def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig
                                     jnp.zeros_like(y.lengths))
     last = jnp.take_along_axis(y.tokens, jnp.maximum(y.lengths - 1, 0)[:, None], axis=1)[:, 0]
     return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths, last == scfg.eos_id)
+
+
+def _sample_pair(params, frozen, prompts, keys, beta, *, model, cfg: NashMDConfig):
+    """y, y' ~ rho independently: rho = pi_theta (online IPO) or the token-level
+    mixture (1 - beta) log pi_theta + beta log mu that Nash-MD-PG plays against
+    (IPO-MD, Calandriello et al. 2024; `tabular.solvers._ipo_log_rho`). One decode of
+    2B rows (y's keys, then y''s) rather than two of B. No gradient flows through
+    rho: the samples are data to the update (sg(rho) in `losses.ipo_loss`)."""
+    scfg = cfg.sampling()
+    b = prompts.shape[0]
+    both = jnp.concatenate([prompts, prompts])
+    rngs = jnp.concatenate([jax.random.split(k, b) for k in keys])
+    if cfg.algorithm == "ipo_md":
+        out = policy.sample_mixture(model, params, frozen["reference"], both, rngs, beta, scfg)
+    else:
+        out = policy.sample(model, params, both, rngs, scfg)
+    half = lambda lo: decoding.DecodeOutput(out.tokens[lo:lo + b], out.logprobs[lo:lo + b],  # noqa: E731
+                                            out.lengths[lo:lo + b])
+    return half(0), half(b)
+
+
+def _ends_with_eos(tokens, lengths, eos_id):
+    """bool [B]: the last generated token is EOS (not cut at the length cap)."""
+    last = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    return last == eos_id
 
 
 def reference_phase(reference_params, prompts, tokens, lengths, *, model, cfg: NashMDConfig):
@@ -144,7 +188,8 @@ class Phases:
     Attributes:
       sample: (params, frozen, prompts [B, K], rng, beta) -> Rollout.
       reference: (reference params, prompts, tokens [B, L], lengths [B]) -> log mu [B, L].
-      update: (state, batch, rng) -> (state, metrics); the state is donated.
+      update: (state, batch, rng) -> (state, metrics); the state is donated. The
+        policy-gradient step, or for online_ipo / ipo_md `steps.ipo_update_step`.
       ema: (ema params, params, beta) -> ema params (donated); Nash-EMA only.
     """
 
@@ -184,6 +229,14 @@ def make_phases(
                      "lengths": np.zeros((1,), np.int32), "reward": np.zeros((1,), np.float32),
                      "reference_logps": np.zeros((1, 1), np.float32), "tau": np.zeros((1,), np.float32),
                      "example_weights": np.zeros((1,), np.float32)}
+    if nashmd.algorithm in IPO_ALGORITHMS:
+        update = functools.partial(steps.ipo_update_step, model=network, tx=tx, cfg=step_cfg,
+                                   on_policy=nashmd.algorithm == "online_ipo",
+                                   learning_rate_fn=learning_rate_fn)
+        del batch_example["reward"]
+        batch_example.update({"alt_tokens": np.zeros((1, 1), np.int32), "alt_lengths": np.zeros((1,), np.int32),
+                              "alt_reference_logps": np.zeros((1, 1), np.float32),
+                              "pref": np.zeros((1,), np.float32)})
     ema = None
     if nashmd.algorithm == "nash_ema":
         ema = jax.jit(steps.ema_update, in_shardings=(shardings.params, shardings.params, rep),
@@ -223,6 +276,9 @@ def step_fn(
     Metrics: the update's, plus beta, tau, rollout lengths and EOS rate, the preference
     against y' (not for RLHF), the score callback's sample metrics, and seconds per
     phase (`time/*`).
+
+    For online_ipo / ipo_md the judge's P(y > y') is the IPO target and the reference
+    log-probs are taken for both responses (`_ipo_batch`).
     """
     base_rng = jax.random.key(seed)
     beta_fn, tau_fn = nashmd.schedule(nashmd.beta), nashmd.schedule(nashmd.tau)
@@ -237,16 +293,21 @@ def step_fn(
         roll = jax.device_get(phases.sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta))
         t1 = time.perf_counter()
         reward, pref, sample_metrics, texts = score_fn(roll, prompt_texts)
-        reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
-        t2 = time.perf_counter()
-        ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
-        batch = partitioning.host_local_batch_to_global({
-            "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
-            "lengths": np.asarray(roll.lengths), "reward": np.asarray(reward, np.float32),
-            "reference_logps": np.asarray(jax.device_get(ref_lp)),
-            "tau": np.full((n_rows,), float(tau_fn(step)), np.float32),
-            "example_weights": np.ones((n_rows,), np.float32),
-        }, phases.mesh)
+        if nashmd.algorithm in IPO_ALGORITHMS:
+            t2 = time.perf_counter()
+            host, alt_eos = _ipo_batch(phases, frozen, roll, pref, nashmd)
+        else:
+            reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
+            t2 = time.perf_counter()
+            ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
+            host = {
+                "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
+                "lengths": np.asarray(roll.lengths), "reward": np.asarray(reward, np.float32),
+                "reference_logps": np.asarray(jax.device_get(ref_lp)),
+            }
+        host["tau"] = np.full((n_rows,), float(tau_fn(step)), np.float32)
+        host["example_weights"] = np.ones((n_rows,), np.float32)
+        batch = partitioning.host_local_batch_to_global(host, phases.mesh)
         t3 = time.perf_counter()
         state, metrics = phases.update(state, batch, rng)
         if phases.ema is not None:
@@ -265,8 +326,41 @@ def step_fn(
         if pref is not None:
             metrics["nashmd/pref_vs_alt"] = float(np.mean(pref))
             metrics["rollout/alt_length"] = float(np.mean(roll.alt_lengths))
+        if nashmd.algorithm in IPO_ALGORITHMS:
+            metrics["rollout/alt_eos_rate"] = float(np.mean(alt_eos))
         if not (nashmd.log_samples_every and (step + 1) % nashmd.log_samples_every == 0):
             texts = None
         return state, metrics, texts
 
     return fn
+
+
+def _ipo_batch(phases: Phases, frozen: dict, roll: Rollout, pref: np.ndarray,
+               nashmd: NashMDConfig) -> tuple[dict, np.ndarray]:
+    """The host batch of an IPO update (`steps.ipo_loss_fn`), without tau and weights.
+
+    The reference phase runs once for y and once for y' (the same jitted function,
+    same shapes). The EOS penalty enters antisymmetrically, p - c [y has no EOS] +
+    c [y' has no EOS], so the target stays antisymmetric under swapping y and y'.
+
+    Returns:
+      (batch dict, whether y' ended with EOS: bool [B]).
+    """
+    if pref is None:
+        raise ValueError(f"{nashmd.algorithm}: the judge returned no preference P(y > y')")
+    eos_id = nashmd.sampling().eos_id
+    alt_tokens, alt_lengths = np.asarray(roll.alt_tokens), np.asarray(roll.alt_lengths)
+    alt_eos = np.take_along_axis(alt_tokens, np.maximum(alt_lengths - 1, 0)[:, None], axis=1)[:, 0] == eos_id
+    c = nashmd.missing_eos_penalty
+    pref = (np.asarray(pref, np.float32) - c * (~np.asarray(roll.has_eos)).astype(np.float32)
+            + c * (~alt_eos).astype(np.float32))
+    ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
+    alt_ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.alt_tokens, roll.alt_lengths)
+    batch = {
+        "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
+        "lengths": np.asarray(roll.lengths), "alt_tokens": alt_tokens, "alt_lengths": alt_lengths,
+        "pref": pref.astype(np.float32),
+        "reference_logps": np.asarray(jax.device_get(ref_lp)),
+        "alt_reference_logps": np.asarray(jax.device_get(alt_ref_lp)),
+    }
+    return batch, alt_eos

@@ -1,5 +1,5 @@
 """`nlhf train` for online policy optimisation (Nash-MD-PG, self-play, best response,
-Nash-EMA-PG, RLHF): set-up around `online` and `trainer.run_loop`.
+Nash-EMA-PG, RLHF; online IPO, IPO-MD): set-up around `online` and `trainer.run_loop`.
 
     nlhf train --gin_file=configs/experiments/world_nash_md.gin --gin.MODEL_DIR=\"runs/nash_md\" \
         --gin.SFT_DIR=\"runs/world_sft\" --gin.JUDGE_DIR=\"runs/world_pm\"
@@ -53,8 +53,8 @@ def train_policy(
       sft_dir: a finished `nlhf train` SFT run: initial policy and reference.
       prompts: `arrays.prompt_dataset` (feature `prompts`; meta `prompts`, the texts
         the judge is given).
-      judge: for nash_md / nash_ema a `judges.Judge` (`prob(prompts, ys, ys_alt)`);
-        for rlhf one with `rewards(prompts, ys)`.
+      judge: for nash_md / nash_ema / online_ipo / ipo_md a `judges.Judge`
+        (`prob(prompts, ys, ys_alt)`); for rlhf one with `rewards(prompts, ys)`.
       vocabulary: the policy's vocabulary (decodes samples for the judge).
       loop: steps, prompts per batch, seed, logging cadence.
       nashmd: the algorithm and its hyper-parameters.

@@ -325,6 +325,93 @@ def policy_update_step(
     )
 
 
+def ipo_loss_fn(
+    params: PyTree,
+    batch: Batch,
+    rng: Array,
+    *,
+    model: nn.Module,
+    cfg: PolicyStepConfig,
+    on_policy: bool,
+) -> tuple[Array, dict[str, Array]]:
+    """The IPO loss on sampled pairs (online IPO, IPO-MD; `losses.ipo_loss`).
+
+    Both responses go through the policy in one forward pass of 2B rows; the gradient
+    flows through log pi_theta of y and of y', never through the samples or the judge.
+
+    Batch (all computed before the update, without gradient):
+      prompts int [B, K]; tokens, alt_tokens int [B, L] (y and y', both sampled from
+      rho); lengths, alt_lengths int [B]; pref float [B] (P(y > y' | x));
+      reference_logps, alt_reference_logps float [B, L] (log mu of y and y', tempered
+      like pi); tau float [B]; example_weights float [B] (1 for samples).
+
+    Args:
+      on_policy: rho = pi_theta (online IPO). Then the mean of g = log pi - log mu over
+        the 2B samples is an unbiased estimate of KL(pi || mu) and is logged as
+        `kl_ref`; under IPO-MD (rho the mixture) it is not, and only `log_ratio`
+        (E_rho[g]) is logged.
+
+    Returns:
+      (loss sum, aux sums incl. "weight" = sum of example weights).
+    """
+    del rng  # the update is deterministic given the samples
+    b = batch["tokens"].shape[0]
+    tokens = jnp.concatenate([batch["tokens"], batch["alt_tokens"]])
+    lengths = jnp.concatenate([batch["lengths"], batch["alt_lengths"]])
+    prompts = jnp.concatenate([batch["prompts"], batch["prompts"]])
+    ref = jnp.concatenate([batch["reference_logps"], batch["alt_reference_logps"]])
+    mask = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
+    logits = model.apply({"params": params}, prompts, decoding.shift_right(tokens))
+    lp_all = _tempered_logps(logits, cfg)
+    logps = jnp.take_along_axis(lp_all, tokens[..., None], axis=-1)[..., 0] * mask
+    weights = batch["example_weights"].astype(jnp.float32)
+    loss, weight, h = losses.ipo_loss(
+        logps[:b], logps[b:], ref[:b], ref[b:], mask[:b], mask[b:],
+        batch["pref"], batch["tau"], weights,
+    )
+    target = (batch["pref"].astype(jnp.float32) - 0.5) / batch["tau"].astype(jnp.float32)
+    seq_g = jnp.sum(jax.lax.stop_gradient(logps - ref) * mask, axis=-1)
+    pair_mean = lambda v: jnp.sum(weights * (v[:b] + v[b:])) / 2.0  # noqa: E731
+    entropy = -jnp.sum(jnp.exp(lp_all) * lp_all, axis=-1)
+    n_tok = jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    aux = {
+        "weight": weight,
+        "log_ratio": pair_mean(seq_g),
+        "entropy": pair_mean(jnp.sum(jax.lax.stop_gradient(entropy) * mask, -1) / n_tok),
+        "reward": jnp.sum(weights * batch["pref"].astype(jnp.float32)),
+        "margin_abs": jnp.sum(weights * jnp.abs(h)),
+        "target_abs": jnp.sum(weights * jnp.abs(target)),
+        "length": pair_mean(lengths.astype(jnp.float32)),
+    }
+    if on_policy:
+        aux["kl_ref"] = aux["log_ratio"]
+    return loss, aux
+
+
+def ipo_update_step(
+    state: train_state_lib.TrainState,
+    batch: Batch,
+    rng: Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    cfg: PolicyStepConfig = PolicyStepConfig(),
+    on_policy: bool = True,
+    learning_rate_fn: Optional[Callable[[Array], Array]] = None,
+) -> tuple[train_state_lib.TrainState, Metrics]:
+    """One online-IPO / IPO-MD update from pre-computed pairs (see `ipo_loss_fn`).
+
+    Metrics: policy/loss (the IPO loss), policy/{reward (mean P(y > y')), margin_abs
+    (|h|), target_abs (|p - 1/2| / tau), log_ratio, kl_ref (online IPO only), entropy,
+    length}, opt/*.
+    """
+    loss_fn = functools.partial(ipo_loss_fn, model=model, cfg=cfg, on_policy=on_policy)
+    return normalised_step(
+        state, batch, rng, loss_fn=loss_fn, tx=tx, num_microbatches=cfg.num_microbatches,
+        prefix="policy", learning_rate_fn=learning_rate_fn,
+    )
+
+
 def ema_update(ema_params: PyTree, params: PyTree, decay: Array) -> PyTree:
     """theta_bar <- decay * theta_bar + (1 - decay) * theta (recursive EMA, App. F.3)."""
     return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)

@@ -1,5 +1,6 @@
 """The online loop (run_policy): every algorithm runs, resumes exactly, never touches
-frozen models; the sharded update equals the single-device one; schedules."""
+frozen models; the sharded update equals the single-device one (policy gradient and
+IPO); schedules."""
 
 import functools
 import json
@@ -146,9 +147,92 @@ def test_sharded_policy_update_matches_single_device():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm,beta", [("online_ipo", 0.0), ("ipo_md", 0.125)])
+def test_ipo_algorithms_run_and_leave_frozen_models_alone(algorithm, beta, sft_dir, prompts, tmp_path):
+    before = _params(sft_dir)
+    res = _run(str(tmp_path / algorithm), sft_dir, prompts, 3, algorithm, beta)
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(_params(sft_dir))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(res.state.params),
+                                                          jax.tree_util.tree_leaves(before))]
+    assert max(moved) > 0
+    rows = [json.loads(r) for r in open(os.path.join(tmp_path / algorithm, "metrics.jsonl"))]
+    assert len(rows) == 3
+    for r in rows:
+        for key in ("policy/loss", "policy/log_ratio", "policy/margin_abs", "policy/target_abs",
+                    "policy/reward", "opt/grad_norm", "nashmd/pref_vs_alt", "rollout/alt_length",
+                    "rollout/alt_eos_rate", "samples/mean_words"):
+            assert np.isfinite(r[key]), (key, r)
+        assert 0.0 <= r["nashmd/pref_vs_alt"] <= 1.0 and r["policy/loss"] >= 0.0
+        # KL(pi || mu) is estimated only where both samples come from pi
+        assert ("policy/kl_ref" in r) == (algorithm == "online_ipo")
+    assert "samples/y_alt" in rows[-1]
+
+
+def _ipo_batch(b=8, length=5, seed=0):
+    rng = np.random.default_rng(seed)
+    tok = lambda: rng.integers(2, 16, size=(b, length)).astype(np.int32)  # noqa: E731
+    lens = lambda: rng.integers(1, length + 1, size=(b,)).astype(np.int32)  # noqa: E731
+    return {
+        "prompts": rng.integers(2, 16, size=(b, 4)).astype(np.int32),
+        "tokens": tok(), "lengths": lens(), "alt_tokens": tok(), "alt_lengths": lens(),
+        "pref": rng.random(b).astype(np.float32),
+        "reference_logps": -rng.random((b, length)).astype(np.float32),
+        "alt_reference_logps": -rng.random((b, length)).astype(np.float32),
+        "tau": np.full((b,), 0.1, np.float32),
+        "example_weights": np.ones((b,), np.float32),
+    }
+
+
+def test_sharded_and_microbatched_ipo_update_match_single_device():
+    """Pairs stay aligned whatever the mesh or the microbatch split."""
+    batch = _ipo_batch()
+    tx = ts.OptimizerConfig(name="adamw").build()
+    model = t5.EncoderDecoder(CFG)
+    results = []
+    for mesh_cfg, devices, micro in [(partitioning.MeshConfig(1, 1, 1), jax.devices()[:1], 1),
+                                     (partitioning.MeshConfig(1, 1, 1), jax.devices()[:1], 4),
+                                     (partitioning.MeshConfig(2, 2, 2), None, 1),
+                                     (partitioning.MeshConfig(8, 1, 1), None, 2)]:
+        mesh = partitioning.make_mesh(mesh_cfg, devices)
+        rules = partitioning.default_rules()
+        init = lambda r: t5.init_variables(model, r)["params"]  # noqa: E731
+        state, shard, _ = trainer.init_train_state(init, tx, mesh, rules, jax.random.key(0))
+        step = functools.partial(steps.ipo_update_step, model=model, tx=tx,
+                                 cfg=steps.PolicyStepConfig(num_microbatches=micro))
+        fn = trainer.jit_step(step, shard, batch, mesh)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            state, m = fn(state, partitioning.host_local_batch_to_global(batch, mesh), jax.random.key(1))
+        results.append((float(m["policy/loss"]), state.params))
+    assert np.isfinite(results[0][0]) and results[0][0] > 0
+    for loss, params in results[1:]:
+        assert abs(loss - results[0][0]) < 1e-4 * max(1.0, results[0][0])
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(results[0][1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_ipo_eos_penalty_is_antisymmetric():
+    """A missing EOS lowers P(y > y') when y lacks it and raises it when y' does."""
+    eos = online.NashMDConfig().sampling().eos_id
+    tok = np.array([[5, eos, 0], [5, 6, 7], [5, 6, 7], [5, eos, 0]], np.int32)
+    lens = np.array([2, 3, 3, 2], np.int32)
+    roll = online.Rollout(prompts=np.ones((4, 2), np.int32), tokens=tok, lengths=lens,
+                          alt_tokens=tok[[1, 0, 3, 2]], alt_lengths=lens[[1, 0, 3, 2]],
+                          has_eos=tok[np.arange(4), lens - 1] == eos)
+    phases = online.Phases(sample=None, update=None, ema=None, mesh=None,
+                           reference=lambda params, p, t, n: np.zeros(t.shape, np.float32))
+    cfg = online.NashMDConfig(algorithm="online_ipo", missing_eos_penalty=0.2)
+    batch, alt_eos = online._ipo_batch(phases, {"reference": None}, roll, np.full(4, 0.5), cfg)
+    np.testing.assert_array_equal(alt_eos, [False, True, True, False])
+    np.testing.assert_allclose(batch["pref"], [0.7, 0.3, 0.3, 0.7], rtol=1e-6)
+    assert batch["alt_reference_logps"].shape == (4, 3)
+
+
 def test_schedules_and_config():
     s = online.LinearSchedule(0.5, 0.1, steps=4)
     np.testing.assert_allclose([float(s(t)) for t in (0, 2, 4, 10)], [0.5, 0.3, 0.1, 0.1], rtol=1e-6)
     assert float(online.LinearSchedule(0.2)(100)) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="algorithm='dpo'"):
         online.NashMDConfig(algorithm="dpo")
+    for algorithm in ("online_ipo", "ipo_md"):
+        assert online.NashMDConfig(algorithm=algorithm).algorithm in online.IPO_ALGORITHMS
