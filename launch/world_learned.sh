@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The world's known answer with learned judges: a world with extra comparisons between
 # distinct styles (`nlhf world --n-style-comparisons`), a PM and an RM trained on it,
-# Nash-MD-PG against the PM at tau 0.02 and RLHF against the RM at tau 0.05, 0.1 and 0.2,
+# Nash-MD-PG, online IPO and IPO-MD (beta 0.125) against the PM at tau 0.02 and RLHF
+# against the RM at tau 0.05, 0.1 and 0.2,
 # all from the SFT policy of a demo run; then `nlhf evaluate` under P* with the judges'
 # style-level diagnostics.
 #   launch/world_learned.sh runs/demo runs/learned [JUDGE_STEPS [POLICY_STEPS]]
@@ -9,7 +10,7 @@
 # world). JUDGE_STEPS defaults to 3000, POLICY_STEPS to 600, STYLE_COMPARISONS (env) to
 # 30000. Why the extra comparisons: the default world's 90,000 pairs compare two faithful
 # summaries of distinct styles too rarely for a PM to learn the style game (see
-# docs/results-world.md). About 75 minutes on 2 CPU cores. DRY_RUN=1 prints the commands
+# docs/results-world.md). About 90 minutes on 2 CPU cores. DRY_RUN=1 prints the commands
 # without running them.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then echo "usage: $0 DEMO_DIR OUT_DIR [JUDGE_STEPS [POLICY_STEPS]]" >&2; exit 2; fi
@@ -40,8 +41,11 @@ show_and_run "$NLHF" world --generate --out "$JUDGE_WORLD" --n-style-comparisons
 judge rm
 judge pm
 policy nash_md nash_md "$OUT/pm" 0.02
+policy online_ipo online_ipo "$OUT/pm" 0.02
+policy ipo_md ipo_md "$OUT/pm" 0.02
 for tau in 0.05 0.1 0.2; do policy "rlhf_tau$tau" rlhf "$OUT/rm" "$tau"; done
 show_and_run "$NLHF" evaluate --policy "sft=$DEMO/sft" --policy "nash_md=$OUT/nash_md" \
+  --policy "online_ipo=$OUT/online_ipo" --policy "ipo_md=$OUT/ipo_md" \
   --policy "rlhf_tau0.05=$OUT/rlhf_tau0.05" --policy "rlhf_tau0.1=$OUT/rlhf_tau0.1" \
   --policy "rlhf_tau0.2=$OUT/rlhf_tau0.2" --judge world --world_dir "$WORLD" --num_prompts 1000 \
   --judge_diagnostics "$OUT/pm,$OUT/rm" --tau_nash 0.02 --tau_rlhf 0.05 --out "$OUT/evaluate"

@@ -115,14 +115,14 @@ def test_world_oracle_launcher_commands_parse(tmp_path):
 
 def test_world_learned_launcher_commands_parse(tmp_path):
     """launch/world_learned.sh (dry run): the world it generates has the style
-    comparisons, the judges train on that world, the policies read the demo's prompts
-    and the judges just trained, and `nlhf world` / `nlhf evaluate` accept their flags."""
+    comparisons, the judges train on that world, the policies (Nash-MD-PG, online IPO,
+    IPO-MD against the PM; RLHF against the RM) read the demo's prompts and those judges, and `nlhf world` / `nlhf evaluate` accept their flags."""
     from nlhf_jax import run_evaluate
     from nlhf_jax.data.world import cli as world_cli
 
     demo, out = str(tmp_path / "demo"), str(tmp_path / "learned")
     commands = _dry_run("launch/world_learned.sh", demo, out)
-    assert [c[1] for c in commands] == ["world"] + ["train"] * 6 + ["evaluate"]
+    assert [c[1] for c in commands] == ["world"] + ["train"] * 8 + ["evaluate"]
     assert commands[0][-2:] == ["--n-style-comparisons", "30000"]
     world_cli._parser().parse_args(commands[0][2:])
     for cmd in commands[1:3]:  # RM, PM
@@ -131,13 +131,13 @@ def test_world_learned_launcher_commands_parse(tmp_path):
         assert gin.query_parameter("%NUM_STEPS") == 3000
         gin.clear_config()
     taus = []
-    for cmd in commands[3:7]:
+    for cmd in commands[3:9]:
         _parse_train_command(cmd)
         assert gin.query_parameter("arrays.world_prompts.data_dir") == f"{demo}/world"
         taus.append(gin.query_parameter("%TAU"))
         judge = gin.query_parameter("%JUDGE_DIR")
-        assert judge == (f"{out}/pm" if "nash_md" in cmd[2] else f"{out}/rm")
+        assert judge == (f"{out}/rm" if "world_rlhf" in cmd[2] else f"{out}/pm")
         gin.clear_config()
-    assert taus == [0.02, 0.05, 0.1, 0.2]
-    assert "--judge_diagnostics" in commands[7]
-    run_evaluate._parser().parse_args(commands[7][2:])
+    assert taus == [0.02, 0.02, 0.02, 0.05, 0.1, 0.2]
+    assert "--judge_diagnostics" in commands[9]
+    run_evaluate._parser().parse_args(commands[9][2:])
