@@ -101,3 +101,11 @@ def random_tokens(
     if append_eos:
         tokens = np.where(positions == lengths[:, None] - 1, types.EOS_ID, tokens)
     return np.where(positions < lengths[:, None], tokens, types.PAD_ID).astype(np.int32)
+
+
+def assert_trees_equal(actual: types.PyTree, expected: types.PyTree) -> None:
+    """Same structure, and every leaf bitwise equal with the same dtype and shape."""
+    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
+    for a, b in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
+        assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
+        np.testing.assert_array_equal(a, b)

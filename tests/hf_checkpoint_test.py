@@ -24,13 +24,6 @@ def _params(config, seed=0):
     return testing.random_params(models.EncoderDecoder(config), seed)
 
 
-def _assert_trees_equal(actual, expected):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    for a, b in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-
-
 def _batch(vocab_size):
     encoder_tokens = testing.random_tokens(5, 3, 10, vocab_size, min_length=2, append_eos=True)
     targets = testing.random_tokens(6, 3, 7, vocab_size, min_length=2, append_eos=True)
@@ -69,7 +62,7 @@ def test_save_load_round_trip_is_bitwise(tmp_path, variant):
     hf.save_t5(config, params, tmp_path)
     loaded_config, loaded = hf.load_t5(tmp_path, dropout_rate=config.dropout_rate)
     assert loaded_config == config
-    _assert_trees_equal(loaded, params)
+    testing.assert_trees_equal(loaded, params)
     with open(tmp_path / hf.CONFIG_NAME) as f:
         written = json.load(f)
     assert written["architectures"] == ["T5ForConditionalGeneration"]
@@ -84,7 +77,7 @@ def test_scanned_params_are_unstacked_on_save(tmp_path):
     assert "encoder.block.2.layer.1.DenseReluDense.wo.weight" in _read(tmp_path)
     scan_config, scanned = hf.load_t5(tmp_path, scan_layers=True, dropout_rate=0.0)
     assert scan_config == config
-    _assert_trees_equal(scanned, params)
+    testing.assert_trees_equal(scanned, params)
     flat_config, flat = hf.load_t5(tmp_path)
     assert not flat_config.scan_layers
     np.testing.assert_array_equal(
@@ -116,7 +109,7 @@ def test_sharded_round_trip_and_hf_loads_it(tmp_path):
     assert len(shards) > 2 and all((tmp_path / s).exists() for s in shards)
     assert not (tmp_path / hf.WEIGHTS_NAME).exists()
     _, loaded = hf.load_t5(tmp_path)
-    _assert_trees_equal(loaded, params)
+    testing.assert_trees_equal(loaded, params)
     encoder_tokens, decoder_inputs = _batch(config.vocab_size)
     np.testing.assert_allclose(
         _hf_logits(tmp_path, encoder_tokens, decoder_inputs),
@@ -140,7 +133,7 @@ def test_loads_hf_sharded_checkpoint(tmp_path):
     single_config, single = hf.load_t5(tmp_path / "single")
     sharded_config, sharded = hf.load_t5(tmp_path / "sharded")
     assert sharded_config == single_config
-    _assert_trees_equal(sharded, single)
+    testing.assert_trees_equal(sharded, single)
     np.testing.assert_array_equal(
         single["encoder"]["stack"]["layers_1"]["self_attention"]["out"]["kernel"],
         hf_model.encoder.block[1].layer[0].SelfAttention.o.weight.detach().numpy().T,
@@ -156,7 +149,7 @@ def test_bfloat16_tensors_are_read(tmp_path):
     as_bf16 = jax.tree_util.tree_map(
         lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32), params
     )
-    _assert_trees_equal(loaded, as_bf16)
+    testing.assert_trees_equal(loaded, as_bf16)
     _, kept = hf.load_t5(tmp_path / "ours", param_dtype="bfloat16")
     assert kept["token_embedder"]["embedding"].dtype == ml_dtypes.bfloat16
 
@@ -164,7 +157,7 @@ def test_bfloat16_tensors_are_read(tmp_path):
     hf_model = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ours")
     hf_model.to(torch.bfloat16).save_pretrained(tmp_path / "torch")
     _, from_torch = hf.load_t5(tmp_path / "torch")
-    _assert_trees_equal(from_torch, as_bf16)
+    testing.assert_trees_equal(from_torch, as_bf16)
 
 
 @pytest.fixture()

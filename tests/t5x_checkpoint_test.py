@@ -40,13 +40,6 @@ def _params(config, seed=0):
     return testing.random_params(models.EncoderDecoder(config), seed)
 
 
-def _assert_trees_equal(actual, expected):
-    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-    for a, b in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-
-
 def _t5x_arrays(config, params) -> dict:
     """Our params under T5X's (t5x `minimal` T5 / flaxformer) names, in T5X's shapes."""
     out = {"token_embedder/embedding": params["token_embedder"]["embedding"]}
@@ -141,7 +134,7 @@ def test_t5x_layout_gives_the_hf_route_logits(tmp_path, variant):
     inline = {name for name in arrays if name.endswith("/scale")}
     _write_t5x_by_hand(tmp_path / "t5x" / "checkpoint_1000", arrays, inline=inline)
     from_t5x = t5x.load_t5x(tmp_path / "t5x" / "checkpoint_1000", config)
-    _assert_trees_equal(from_t5x, params)
+    testing.assert_trees_equal(from_t5x, params)
     np.testing.assert_allclose(_logits(config, from_t5x), _logits(config, from_hf), rtol=0, atol=1e-5)
 
 
@@ -154,7 +147,7 @@ def test_save_load_round_trip_is_bitwise(tmp_path, inline):
     query = os.path.join(step_dir, "target.encoder.layers_0.attention.query.kernel")
     has_zarr = os.path.isfile(os.path.join(query, ".zarray"))
     assert has_zarr != inline
-    _assert_trees_equal(t5x.load_t5x(tmp_path, config), params)
+    testing.assert_trees_equal(t5x.load_t5x(tmp_path, config), params)
     with open(os.path.join(step_dir, "checkpoint"), "rb") as f:
         contents = serialization.msgpack_restore(f.read())
     assert contents["version"] == 3 and int(contents["optimizer"]["state"]["step"]) == 7
@@ -166,7 +159,7 @@ def test_save_load_round_trip_is_bitwise(tmp_path, inline):
         params["decoder"]["stack"]["layers_2"]["mlp"]["wo"]["kernel"],
     )
     t5x.save_t5x(scan_config, scanned, tmp_path / "again", inline=inline)
-    _assert_trees_equal(t5x.load_t5x(tmp_path / "again", config), params)
+    testing.assert_trees_equal(t5x.load_t5x(tmp_path / "again", config), params)
 
 
 def test_bfloat16_arrays_load(tmp_path):
@@ -174,11 +167,11 @@ def test_bfloat16_arrays_load(tmp_path):
     params = _params(config, seed=3)
     as_bf16 = jax.tree_util.tree_map(lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32), params)
     _write_t5x_by_hand(tmp_path / "hand" / "checkpoint_0", _t5x_arrays(config, params), bfloat16=True)
-    _assert_trees_equal(t5x.load_t5x(tmp_path / "hand", config), as_bf16)
+    testing.assert_trees_equal(t5x.load_t5x(tmp_path / "hand", config), as_bf16)
     t5x.save_t5x(config, params, tmp_path / "ours", dtype="bfloat16")
     with open(tmp_path / "ours" / "checkpoint_0" / "target.token_embedder.embedding" / ".zarray") as f:
         assert json.load(f)["dtype"] == "bfloat16"
-    _assert_trees_equal(t5x.load_t5x(tmp_path / "ours", config), as_bf16)
+    testing.assert_trees_equal(t5x.load_t5x(tmp_path / "ours", config), as_bf16)
     kept = t5x.load_t5x(tmp_path / "ours", testing.tiny_t5_config(param_dtype="bfloat16"))
     assert kept["token_embedder"]["embedding"].dtype == ml_dtypes.bfloat16
 
@@ -192,7 +185,7 @@ def test_highest_step_and_state_subdirectory(tmp_path):
     _write_t5x_by_hand(tmp_path / "checkpoint_20", _t5x_arrays(config, newer), subdir="state")
     assert t5x.is_t5x_directory(tmp_path) and t5x.is_t5x_directory(tmp_path / "checkpoint_5")
     assert not t5x.is_t5x_directory(tmp_path / "checkpoint_20" / "state")
-    _assert_trees_equal(t5x.load_t5x(tmp_path, config), newer)
+    testing.assert_trees_equal(t5x.load_t5x(tmp_path, config), newer)
 
 
 def test_missing_and_misshaped_parameters_are_named(tmp_path):
@@ -235,7 +228,7 @@ def test_initial_checkpoint_from_t5x_directory(tmp_path):
         load_t5x=lambda path: t5x.load_t5x(path, config),
     )
     assert "T5X" in how and int(out.step) == 0
-    _assert_trees_equal(jax.device_get(out.params), source)
+    testing.assert_trees_equal(jax.device_get(out.params), source)
     with pytest.raises(ValueError, match="cannot read T5X"):
         trainer.restore_or_init(checkpointer=own, state=state, shardings=shardings, tx=tx)
     own.close()
@@ -254,18 +247,18 @@ def test_convert_hf_to_t5x_to_hf(tmp_path, capsys):
     assert main.run(["convert", "--from", "hf", str(tmp_path / "hf"),
                      "--to", "t5x", str(tmp_path / "t5x"), "--step", "3"]) == 0
     assert t5x.is_t5x_directory(tmp_path / "t5x" / "checkpoint_3")
-    _assert_trees_equal(t5x.load_t5x(tmp_path / "t5x", config), params)
+    testing.assert_trees_equal(t5x.load_t5x(tmp_path / "t5x", config), params)
     # The T5X copy records no architecture; convert wrote model_config.json beside it.
     assert main.run(["convert", "--from", "t5x", str(tmp_path / "t5x" / "checkpoint_3"),
                      "--to", "hf", str(tmp_path / "back")]) == 0
     loaded_config, loaded = hf.load_t5(tmp_path / "back")
     assert loaded_config == config
-    _assert_trees_equal(loaded, params)
+    testing.assert_trees_equal(loaded, params)
     # Explicit --config: an HF config.json; a missing one is a clear error.
     os.remove(tmp_path / "t5x" / checkpointing.MODEL_CONFIG_FILE)
     assert main.run(["convert", "--from", "t5x", str(tmp_path / "t5x"), "--to", "hf",
                      str(tmp_path / "again"), "--config", str(tmp_path / "hf" / "config.json")]) == 0
-    _assert_trees_equal(hf.load_t5(tmp_path / "again")[1], params)
+    testing.assert_trees_equal(hf.load_t5(tmp_path / "again")[1], params)
     capsys.readouterr()
     assert main.run(["convert", "--from", "t5x", str(tmp_path / "t5x"), "--to", "hf",
                      str(tmp_path / "none")]) == 1

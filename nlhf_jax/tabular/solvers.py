@@ -172,16 +172,12 @@ def _fp_step(carry, xs, *, pref, log_mu, tau, regularised):
     return log_new, _log_mix(log_avg, log_new, 1.0 / (t + 2.0))
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "record_all", "regularised"))
-def _run(pref, log_mu, log_pi0, etas, tau, ema_decay, opponent, *, kind, record_all, regularised):
-    if kind == "md":
-        step = functools.partial(
-            _md_step, pref=pref, log_mu=log_mu, tau=tau, opponent=opponent, ema_decay=ema_decay
-        )
-    else:
-        step = functools.partial(
-            _fp_step, pref=pref, log_mu=log_mu, tau=tau, regularised=regularised
-        )
+def _scan(step, log_pi0, etas, record_all):
+    """Runs `step` over (t, eta_t) from (pi_0, avg_0) = (log_pi0, log_pi0).
+
+    Returns:
+      (log pi, log avg), each [steps + 1, C, n] if `record_all` else [1, C, n].
+    """
 
     def body(carry, xs):
         carry = step(carry, xs)
@@ -194,6 +190,20 @@ def _run(pref, log_mu, log_pi0, etas, tau, ema_decay, opponent, *, kind, record_
             jnp.concatenate([x0[None], h]) for x0, h in zip((log_pi0, log_pi0), hist, strict=True)
         )
     return tuple(x[None] for x in final)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "record_all", "regularised"))
+def _run(pref, log_mu, log_pi0, etas, tau, ema_decay, opponent, *, kind, record_all, regularised):
+    if kind == "md":
+        step = functools.partial(
+            _md_step, pref=pref, log_mu=log_mu, tau=tau, opponent=opponent, ema_decay=ema_decay
+        )
+    else:
+        step = functools.partial(
+            _fp_step, pref=pref, log_mu=log_mu, tau=tau, regularised=regularised
+        )
+
+    return _scan(step, log_pi0, etas, record_all)
 
 
 def _trajectory(
@@ -540,17 +550,7 @@ def _ipo_step(carry, xs, *, pref, log_mu, tau, beta):
 def _run_ipo(pref, log_mu, log_pi0, etas, tau, beta, *, record_all):
     step = functools.partial(_ipo_step, pref=pref, log_mu=log_mu, tau=tau, beta=beta)
 
-    def body(carry, xs):
-        carry = step(carry, xs)
-        return carry, carry if record_all else None
-
-    ts = jnp.arange(etas.shape[0], dtype=etas.dtype)
-    final, hist = jax.lax.scan(body, (log_pi0, log_pi0), (ts, etas))
-    if record_all:
-        return tuple(
-            jnp.concatenate([x0[None], h]) for x0, h in zip((log_pi0, log_pi0), hist, strict=True)
-        )
-    return tuple(x[None] for x in final)
+    return _scan(step, log_pi0, etas, record_all)
 
 
 def _ipo_trajectory(name, game, tau, beta, steps, eta, init, record, dtype):
