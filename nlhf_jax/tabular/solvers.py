@@ -206,6 +206,17 @@ def _run(pref, log_mu, log_pi0, etas, tau, ema_decay, opponent, *, kind, record_
     return _scan(step, log_pi0, etas, record_all)
 
 
+def _run_inputs(game, init, etas, tau, dtype):
+    """(P [C, n, n], log mu [C, n], log pi_0 [C, n], etas [T], tau) as `dtype` arrays."""
+    return (
+        jnp.asarray(game.pref, dtype),
+        jnp.asarray(np.log(game.ref), dtype),
+        jnp.asarray(_log_init(game, init), dtype),
+        jnp.asarray(etas, dtype),
+        jnp.asarray(tau, dtype),
+    )
+
+
 def _trajectory(
     name, game, tau, etas, init, record, dtype, *, kind, opponent="mixture", ema_decay=0.0
 ):
@@ -213,11 +224,7 @@ def _trajectory(
         raise ValueError(f"record must be 'all' or 'last', got {record!r}")
     with jax.enable_x64(True):
         log_pi, log_avg = _run(
-            jnp.asarray(game.pref, dtype),
-            jnp.asarray(np.log(game.ref), dtype),
-            jnp.asarray(_log_init(game, init), dtype),
-            jnp.asarray(etas, dtype),
-            jnp.asarray(tau, dtype),
+            *_run_inputs(game, init, etas, tau, dtype),
             jnp.asarray(ema_decay, dtype),
             jnp.asarray(_OPPONENTS[opponent]),
             kind=kind,
@@ -567,11 +574,7 @@ def _ipo_trajectory(name, game, tau, beta, steps, eta, init, record, dtype):
         raise ValueError(f"step sizes must be > 0, got min eta = {etas.min()}")
     with jax.enable_x64(True):
         log_pi, log_avg = _run_ipo(
-            jnp.asarray(game.pref, dtype),
-            jnp.asarray(np.log(game.ref), dtype),
-            jnp.asarray(_log_init(game, init), dtype),
-            jnp.asarray(etas, dtype),
-            jnp.asarray(tau, dtype),
+            *_run_inputs(game, init, etas, tau, dtype),
             jnp.asarray(beta, dtype),
             record_all=record == "all",
         )
