@@ -278,6 +278,14 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         corpus, vocab_path(out_dir), vocab_size=config.vocab_size, seed=config.seed,
         user_symbols=TEMPLATE_SYMBOLS,
     )  # fmt: skip
+    _append_train_comparisons(config, out_dir, sampler, first_train)
+    return _write_meta(config, out_dir)
+
+
+def _append_train_comparisons(config: WorldConfig, out_dir: str, sampler, first_train: list) -> None:
+    """Train comparisons written after the vocabulary, from streams of their own, so the
+    smaller world's files stay a prefix: those past COMPARISON_BLOCK (stream [seed, 7])
+    and the style comparisons (stream [seed, 9]), in that order."""
     n_train = config.n_comparisons[0]
     if n_train > COMPARISON_BLOCK:
         rng = np.random.default_rng([config.seed, 7])
@@ -290,6 +298,10 @@ def generate(config: WorldConfig, out_dir: str) -> dict[str, str]:
         rows = _comparisons(config, rng, posts, "train", draw=_two_styles)
         with open(split_path(out_dir, "comparisons", "train"), "a", encoding="utf-8", newline="\n") as f:
             f.writelines(json.dumps(row, ensure_ascii=True) + "\n" for row in rows)
+
+
+def _write_meta(config: WorldConfig, out_dir: str) -> dict[str, str]:
+    """Hashes every file of `out_dir` into world.json (with the config); returns them."""
     hashes = {}
     for root, _, names in sorted(os.walk(out_dir)):
         for name in sorted(names):
