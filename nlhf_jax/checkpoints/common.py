@@ -152,3 +152,20 @@ def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
             node = node.setdefault(key, {})
         node[path[-1]] = value
     return tree
+
+
+def place(flat: dict, entry, shape, value: np.ndarray, config: t5.T5Config, dtype) -> None:
+    """Stores one checkpoint array at `entry.path` in `flat`, transposed if
+    `entry.transpose`, cast to `dtype`; a layer of a scanned stack (`entry.layer` not
+    None) goes into its slot of the stacked [layers, *shape] array."""
+    value = np.ascontiguousarray(value.T if entry.transpose else value, dtype)
+    if entry.layer is None:
+        flat[entry.path] = value
+        return
+    stacked = flat.get(entry.path)
+    if stacked is None:
+        side_layers = config.num_encoder_layers if entry.path[0] == "encoder" else (
+            config.num_decoder_layers
+        )
+        stacked = flat[entry.path] = np.empty((side_layers,) + tuple(shape), dtype)
+    stacked[entry.layer] = value

@@ -347,7 +347,7 @@ def _read_tensors(locations, targets, tolerated, describe, config, dtype):
                     value = f.get_tensor(name)
                     common.check_finite(value, name, describe(name))
                     for entry, shape in targets[name]:
-                        _place(flat_params, entry, shape, value, config, dtype)
+                        common.place(flat_params, entry, shape, value, config, dtype)
                 elif name in tolerated and name not in _IGNORED:
                     copies[name] = f.get_tensor(name)
                     common.check_finite(copies[name], name, describe(name))
@@ -571,21 +571,6 @@ def _found_shapes(locations: Mapping[str, str]) -> dict[str, Optional[tuple[int,
             for name in names:
                 found[name] = tuple(f.get_slice(name).get_shape()) if name in present else None
     return found
-
-
-def _place(flat_params, entry: _Entry, shape, value: np.ndarray, config, dtype) -> None:
-    """Converts one HF tensor and stores it at its path (into a stacked array if scanned)."""
-    value = np.ascontiguousarray(value.T if entry.transpose else value, dtype)
-    if entry.layer is None:
-        flat_params[entry.path] = value
-        return
-    stacked = flat_params.get(entry.path)
-    if stacked is None:
-        side_layers = config.num_encoder_layers if entry.path[0] == "encoder" else (
-            config.num_decoder_layers
-        )
-        stacked = flat_params[entry.path] = np.empty((side_layers,) + tuple(shape), dtype)
-    stacked[entry.layer] = value
 
 
 _SIZE_UNITS = {

@@ -214,7 +214,7 @@ def load_t5x(directory: Union[str, os.PathLike], config: t5.T5Config) -> PyTree:
         array = arrays[entry.name]
         value = array.read()
         common.check_finite(value, entry.name, array.where)
-        _place(flat, entry, value, config, dtype)
+        common.place(flat, entry, entry.shape, value, config, dtype)
     return common.unflatten(flat)
 
 
@@ -322,21 +322,6 @@ def _open_zarr(path: str, name: str):
         return ts.open(spec, open=True, read=True).result()
     except ValueError as e:
         raise CheckpointError(f"{path}: cannot open zarr array {name!r} ({e})") from e
-
-
-def _place(flat, entry: _Entry, value: np.ndarray, config: t5.T5Config, dtype) -> None:
-    """Converts one T5X array and stores it at its path (into a stacked array if scanned)."""
-    value = np.ascontiguousarray(value.T if entry.transpose else value, dtype)
-    if entry.layer is None:
-        flat[entry.path] = value
-        return
-    stacked = flat.get(entry.path)
-    if stacked is None:
-        layers = config.num_encoder_layers if entry.path[0] == "encoder" else (
-            config.num_decoder_layers
-        )
-        stacked = flat[entry.path] = np.empty((layers,) + entry.shape, dtype)
-    stacked[entry.layer] = value
 
 
 # ------------------------------------------------------------------ save
