@@ -358,13 +358,7 @@ def bench_sample_hf(args, config, clock: Clock, shared: dict) -> dict:
     shapes = []
 
     def call():
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=t_enc, attention_mask=t_mask, do_sample=True, temperature=1.0,
-                top_k=0, top_p=1.0, num_beams=1, max_new_tokens=args.decode_len,
-                min_new_tokens=args.decode_len, use_cache=True, decoder_start_token_id=0,
-                eos_token_id=1, pad_token_id=0,
-            )
+        out = benchlib.hf_generate(model, t_enc, t_mask, args.decode_len)
         shapes.append(tuple(out.cpu().shape))  # the copy waits for the device
 
     warmup_s, times = _timed(call, args.warmup, args.iters, clock)

@@ -172,13 +172,7 @@ def bench_sampling(args, hf_model, config, params, encoder_tokens):
     t_mask = (t_enc != 0).long()
 
     def torch_sample():
-        with torch.no_grad():
-            out = hf_model.generate(
-                input_ids=t_enc, attention_mask=t_mask, do_sample=True, temperature=1.0,
-                top_k=0, top_p=1.0, num_beams=1, max_new_tokens=args.decode_len,
-                min_new_tokens=args.decode_len, use_cache=True, decoder_start_token_id=0,
-                eos_token_id=1, pad_token_id=0,
-            )
+        out = benchlib.hf_generate(hf_model, t_enc, t_mask, args.decode_len)
         shapes["torch"] = tuple(out.shape)
 
     jax_s, torch_s = _median_seconds([jax_sample, torch_sample], args.warmup, args.iters)
