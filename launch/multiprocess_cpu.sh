@@ -2,6 +2,9 @@
 # N local processes with D fake CPU devices each, talking through jax.distributed on
 # 127.0.0.1: tests multi-host code paths on one machine.
 #   NPROC=2 DEVICES=2 launch/multiprocess_cpu.sh configs/experiments/copy_sft.gin runs/mp [flags]
+#   launch/multiprocess_cpu.sh configs/experiments/world_nash_md.gin runs/mp_nash \
+#       --gin.SFT_DIR="'runs/world_sft'" --gin.JUDGE_DIR="'runs/world_pm'"   (a policy run)
+# Extra --gin_file=... flags add overlays (e.g. configs/overlays/oracle_judge.gin).
 # Each process logs to MODEL_DIR/process_<i>.log. DRY_RUN=1 prints the commands only.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then echo "usage: $0 GIN_FILE MODEL_DIR [extra nlhf train flags]" >&2; exit 2; fi

@@ -183,7 +183,7 @@ class _ModelJudge:
                 # Padding rows repeat row 0 (an all-padding row would be a needless
                 # special case for the attention masks); their outputs are dropped.
                 idx = np.concatenate([idx, np.full(chunk - real, idx[0])])
-                z = jax.device_get(self._fn(self.params, jax.device_put(inputs[idx], self._batch_sharding)))
+                z = jax.device_get(self._fn(self.params, partitioning.put_global(inputs[idx], self._batch_sharding)))
                 out[start:start + real] = z[:real]
         return out
 

@@ -28,6 +28,17 @@ log-probs, update (and the EMA). `step_fn` strings them into the loop's
 `(state, step) -> (state, metrics, texts)` callback; `runs` and the benchmark both use
 it, so what is benchmarked is what trains. Frozen models (mu, the EMA parameters) live
 outside the TrainState and are never updated by the optimizer.
+
+Many hosts: the sample, reference and update phases are global computations over the
+mesh (each host's devices decode their rows of the global batch). Every host holds the
+step's whole prompt batch (`PromptsFn`, cheap and deterministic), all-gathers the
+rollout (`partitioning.fetch_global`: token ids, a few KB per row) and scores all of
+it, so host-side judges and sample metrics see exactly what one host would, and a
+model judge's jitted forward pass is again one global computation; the scored batch
+goes back to the devices by global index (`partitioning.global_batch_to_device`). P
+processes x D devices therefore train exactly like one process x P*D devices (tested
+in tests/multiprocess_policy_test.py). The cost of this choice is host-side work
+repeated on every host (decoding and, for model judges, re-tokenising the batch).
 """
 
 import dataclasses
@@ -244,9 +255,10 @@ def make_phases(
     return Phases(sample, reference, trainer.jit_step(update, shardings, batch_example, mesh), ema, mesh)
 
 
-# (step) -> (prompt ids int32 [B, K] on the host, the prompts' texts or None)
+# (step) -> (the step's whole global batch on every host: prompt ids int32 [B, K], the
+#  prompts' texts or None)
 PromptsFn = Callable[[int], tuple[np.ndarray, Optional[list]]]
-# (rollout on the host, prompt texts) -> (reward float32 [B], P(y > y') [B] or None,
+# (the whole rollout on the host, prompt texts) -> (reward float32 [B], P(y > y') [B] or None,
 #  metrics of the samples {name: float} (logged every step; {} for none), example texts
 #  {"samples/...": str} or None (logged every `log_samples_every` steps))
 ScoreFn = Callable[[Rollout, Optional[list]],
@@ -288,26 +300,27 @@ def step_fn(
         rng = jax.random.fold_in(base_rng, step)
         prompt_ids, prompt_texts = prompts_fn(step)
         n_rows = prompt_ids.shape[0]
-        prompt_ids = partitioning.host_local_batch_to_global({"p": prompt_ids}, phases.mesh)["p"]
+        prompt_ids = partitioning.put_global(prompt_ids, partitioning.batch_sharding(phases.mesh, 2))
         beta = beta_fn(step)
-        roll = jax.device_get(phases.sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta))
+        roll_dev = phases.sample(state.params, frozen, prompt_ids, jax.random.fold_in(rng, 0), beta)
+        roll = partitioning.fetch_global(roll_dev)  # the whole rollout, on every host
         t1 = time.perf_counter()
         reward, pref, sample_metrics, texts = score_fn(roll, prompt_texts)
         if nashmd.algorithm in IPO_ALGORITHMS:
             t2 = time.perf_counter()
-            host, alt_eos = _ipo_batch(phases, frozen, roll, pref, nashmd)
+            host, alt_eos = _ipo_batch(phases, frozen, roll_dev, roll, pref, nashmd)
         else:
             reward = reward - nashmd.missing_eos_penalty * (~np.asarray(roll.has_eos)).astype(np.float32)
             t2 = time.perf_counter()
-            ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
+            ref_lp = phases.reference(frozen["reference"], roll_dev.prompts, roll_dev.tokens, roll_dev.lengths)
             host = {
                 "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
                 "lengths": np.asarray(roll.lengths), "reward": np.asarray(reward, np.float32),
-                "reference_logps": np.asarray(jax.device_get(ref_lp)),
+                "reference_logps": np.asarray(partitioning.fetch_global(ref_lp)),
             }
         host["tau"] = np.full((n_rows,), float(tau_fn(step)), np.float32)
         host["example_weights"] = np.ones((n_rows,), np.float32)
-        batch = partitioning.host_local_batch_to_global(host, phases.mesh)
+        batch = partitioning.global_batch_to_device(host, phases.mesh)
         t3 = time.perf_counter()
         state, metrics = phases.update(state, batch, rng)
         if phases.ema is not None:
@@ -335,9 +348,11 @@ def step_fn(
     return fn
 
 
-def _ipo_batch(phases: Phases, frozen: dict, roll: Rollout, pref: np.ndarray,
+def _ipo_batch(phases: Phases, frozen: dict, roll_dev: Rollout, roll: Rollout, pref: np.ndarray,
                nashmd: NashMDConfig) -> tuple[dict, np.ndarray]:
     """The host batch of an IPO update (`steps.ipo_loss_fn`), without tau and weights.
+
+    `roll_dev` is the sample phase's (global) output, `roll` its host copy.
 
     The reference phase runs once for y and once for y' (the same jitted function,
     same shapes). The EOS penalty enters antisymmetrically, p - c [y has no EOS] +
@@ -354,13 +369,14 @@ def _ipo_batch(phases: Phases, frozen: dict, roll: Rollout, pref: np.ndarray,
     c = nashmd.missing_eos_penalty
     pref = (np.asarray(pref, np.float32) - c * (~np.asarray(roll.has_eos)).astype(np.float32)
             + c * (~alt_eos).astype(np.float32))
-    ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.tokens, roll.lengths)
-    alt_ref_lp = phases.reference(frozen["reference"], roll.prompts, roll.alt_tokens, roll.alt_lengths)
+    ref_lp = phases.reference(frozen["reference"], roll_dev.prompts, roll_dev.tokens, roll_dev.lengths)
+    alt_ref_lp = phases.reference(frozen["reference"], roll_dev.prompts, roll_dev.alt_tokens,
+                                  roll_dev.alt_lengths)
     batch = {
         "prompts": np.asarray(roll.prompts), "tokens": np.asarray(roll.tokens),
         "lengths": np.asarray(roll.lengths), "alt_tokens": alt_tokens, "alt_lengths": alt_lengths,
         "pref": pref.astype(np.float32),
-        "reference_logps": np.asarray(jax.device_get(ref_lp)),
-        "alt_reference_logps": np.asarray(jax.device_get(alt_ref_lp)),
+        "reference_logps": np.asarray(partitioning.fetch_global(ref_lp)),
+        "alt_reference_logps": np.asarray(partitioning.fetch_global(alt_ref_lp)),
     }
     return batch, alt_eos

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nlhf_jax import types
@@ -252,6 +253,49 @@ def host_local_batch_to_global(batch: PyTree, mesh: Mesh) -> PyTree:
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree_util.tree_map(one, batch)
+
+
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """One global jax.Array from a host array that every process holds whole.
+
+    Every process passes the same values (a batch all hosts computed identically: the
+    prompts of a step, a scored rollout); each fills only the shards its own devices
+    hold, read at their global indices, so the rows land where the sharding puts them
+    whatever the device order. On a single process this is a plain sharded put.
+    """
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def global_batch_to_device(batch: PyTree, mesh: Mesh) -> PyTree:
+    """`put_global` for every feature of a global batch, sharded over `(data, fsdp)`.
+
+    The online loop's counterpart of `host_local_batch_to_global`: there every host
+    loads its own rows; here every host holds the whole (small) batch, because each
+    scored all of it (`fetch_global`).
+
+    Args:
+      batch: dict of numpy arrays [B, ...], the same on every process.
+      mesh: the global mesh.
+
+    Returns:
+      dict of global jax.Arrays [B, ...].
+    """
+    return jax.tree_util.tree_map(lambda x: put_global(x, batch_sharding(mesh, np.ndim(x))), batch)
+
+
+def fetch_global(tree: PyTree) -> PyTree:
+    """Host (numpy) copies of global arrays, whole on every process.
+
+    `jax.device_get` refuses arrays with shards on other hosts; across processes this
+    all-gathers them (`multihost_utils.process_allgather`, a collective: every process
+    must call it, in the same order). On one process it is `jax.device_get`.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def per_device_bytes(shardings: PyTree, abstract: PyTree) -> int:

@@ -129,7 +129,8 @@ def _prompts_fn(prompts: input_pipeline.ArrayDataset, loop: trainer.LoopConfig,
                 nashmd: online.NashMDConfig) -> online.PromptsFn:
     """Step s's prompts: batch s of the dataset's order, each repeated `num_samples`
     times, as token ids (the policy's input) and as prompt texts (the judge's input,
-    `templates.post_prompt`, the same text the PM and RM were trained on)."""
+    `templates.post_prompt`, the same text the PM and RM were trained on). The whole
+    global batch, the same on every host (`online.step_fn` shards it by global index)."""
 
     texts = prompts.meta.get("prompts")
     if texts is None or len(texts) != len(prompts):

@@ -222,7 +222,7 @@ def test_ipo_eos_penalty_is_antisymmetric():
     phases = online.Phases(sample=None, update=None, ema=None, mesh=None,
                            reference=lambda params, p, t, n: np.zeros(t.shape, np.float32))
     cfg = online.NashMDConfig(algorithm="online_ipo", missing_eos_penalty=0.2)
-    batch, alt_eos = online._ipo_batch(phases, {"reference": None}, roll, np.full(4, 0.5), cfg)
+    batch, alt_eos = online._ipo_batch(phases, {"reference": None}, roll, roll, np.full(4, 0.5), cfg)
     np.testing.assert_array_equal(alt_eos, [False, True, True, False])
     np.testing.assert_allclose(batch["pref"], [0.7, 0.3, 0.3, 0.7], rtol=1e-6)
     assert batch["alt_reference_logps"].shape == (4, 3)

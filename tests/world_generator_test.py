@@ -182,6 +182,25 @@ def test_ensure_world_is_lazy_cached_and_safe(tmp_path):
         generator.ensure_world(str(foreign), cfg)
 
 
+def test_readers_use_a_given_world_of_any_config_as_it_is(tmp_path):
+    """The SFT, prompt and comparison readers and the vocabulary never regenerate a
+    world they are pointed at (they once regenerated a small or style-comparison world
+    as the default one, under the reader that asked first)."""
+    from nlhf_jax.data import arrays, pairwise, vocab
+
+    target = str(tmp_path / "small")
+    cfg = generator.WorldConfig(n_sft=(12, 4, 4), n_comparisons=(10, 4, 4), n_prompts_train=6)
+    generator.ensure_world(target, cfg)
+    stamp = os.path.getmtime(os.path.join(target, "world.json"))
+    assert generator.world_dir(target) == os.path.abspath(target)
+    assert len(arrays.world_sft("train", data_dir=target)) == 12
+    assert len(arrays.world_prompts("train", data_dir=target)) == 6
+    assert pairwise.world_data(data_dir=target).world_dir == target
+    vocab.world_vocabulary(target)
+    assert os.path.getmtime(os.path.join(target, "world.json")) == stamp
+    assert generator.load_config(target).n_sft == (12, 4, 4)
+
+
 def test_default_data_dir(monkeypatch):
     monkeypatch.setenv("NLHF_DATA_DIR", "/somewhere/world")
     assert generator.default_data_dir(3) == "/somewhere/world"

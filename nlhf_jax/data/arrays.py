@@ -127,8 +127,7 @@ def _world(kind: str, split: str, data_dir: Optional[str], seed: int):
     from nlhf_jax.data import vocab
     from nlhf_jax.data.world import generator
 
-    config = generator.WorldConfig(seed=seed)
-    data_dir = generator.ensure_world(data_dir or generator.default_data_dir(seed), config)
+    data_dir = generator.world_dir(data_dir, seed)
     paths = [generator.split_path(data_dir, kind, s) for s in split.split("+")]
     return paths if len(paths) > 1 else paths[0], vocab.world_vocabulary(data_dir)
 

@@ -410,10 +410,7 @@ def world_data(
     """
     from nlhf_jax.data.world import generator
 
-    config = generator.WorldConfig(seed=seed)
-    existing = data_dir and os.path.exists(os.path.join(data_dir, "world.json"))
-    if not existing:
-        data_dir = generator.ensure_world(data_dir or generator.default_data_dir(seed), config)
+    data_dir = generator.world_dir(data_dir, seed)
     _warn_dropped_style_comparisons(data_dir, max_train_examples)
     return ComparisonData(
         train=generator.split_path(data_dir, "comparisons", "train"),

@@ -56,9 +56,10 @@ def world_vocabulary(
 
     from nlhf_jax.data.world import generator
 
-    existing = data_dir and os.path.exists(os.path.join(data_dir, generator.WORLD_FILE))
-    if config is not None or not existing:
+    if config is not None:
         data_dir = generator.ensure_world(data_dir, config)
+    else:
+        data_dir = generator.world_dir(data_dir)
     return seqio.SentencePieceVocabulary(generator.vocab_path(data_dir))
 
 

@@ -371,6 +371,24 @@ def ensure_world(data_dir: Optional[str] = None, config: Optional[WorldConfig] =
     return data_dir
 
 
+def world_dir(data_dir: Optional[str] = None, seed: int = 0) -> str:
+    """The world the data readers use: `data_dir` as it is when it holds a world, whatever
+    its config (a smaller test world, one with style comparisons); otherwise the default
+    world of `seed`, generated on first use into `data_dir` or `default_data_dir(seed)`.
+
+    Only `ensure_world` with an explicit config regenerates a world of another config;
+    a reader never does, so the SFT data, the prompts, the comparisons and the vocabulary
+    of one run always come from the same world.
+    """
+    if data_dir and _is_world(data_dir):
+        return os.path.abspath(data_dir)
+    return ensure_world(data_dir or default_data_dir(seed), WorldConfig(seed=seed))
+
+
+def _is_world(data_dir: str) -> bool:
+    return os.path.exists(os.path.join(data_dir, WORLD_FILE))
+
+
 def load_config(data_dir: str) -> WorldConfig:
     """The `WorldConfig` a generated world was written with (from its world.json)."""
     raw = layout.read_config_fields(data_dir)
