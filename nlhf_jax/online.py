@@ -95,6 +95,12 @@ class NashMDConfig:
       max_decode_len: response length cap.
       missing_eos_penalty: subtracted from the reward of a response without EOS.
       log_samples_every: write example completions every N steps (0 = never).
+      mixture: nash_md's alternative: "token" (the paper's token-level mixture, App.
+        F.1) or "sequence" (the sequence-level mixture pi^(1-beta) mu^beta / Z that
+        Nash-MD's theory uses, §6 eq. 3, approximated by sampling-importance-resampling
+        from `mixture_candidates` token-level draws: `_sequence_mixture`). Needs
+        temperature 1.
+      mixture_candidates: token-level draws per y' for mixture="sequence".
     """
 
     algorithm: str = "nash_md"
@@ -105,12 +111,24 @@ class NashMDConfig:
     max_decode_len: int = 32
     missing_eos_penalty: float = 0.0
     log_samples_every: int = 50
+    mixture: str = "token"
+    mixture_candidates: int = 4
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"NashMDConfig.algorithm={self.algorithm!r}; expected one of {ALGORITHMS}")
         if self.num_samples < 1:
             raise ValueError(f"NashMDConfig.num_samples must be >= 1, got {self.num_samples}")
+        if self.mixture not in ("token", "sequence"):
+            raise ValueError(f"NashMDConfig.mixture={self.mixture!r}; expected 'token' or 'sequence'")
+        if self.mixture == "sequence":
+            if self.algorithm != "nash_md":
+                raise ValueError(f"NashMDConfig.mixture='sequence' is for nash_md, not {self.algorithm!r}")
+            if self.temperature != 1.0:
+                raise ValueError("NashMDConfig.mixture='sequence' needs temperature 1.0 (the importance "
+                                 f"weights are those of the untempered mixture), got {self.temperature}")
+            if self.mixture_candidates < 1:
+                raise ValueError(f"NashMDConfig.mixture_candidates must be >= 1, got {self.mixture_candidates}")
 
     def schedule(self, value) -> LinearSchedule:
         return value if isinstance(value, LinearSchedule) else LinearSchedule(float(value))
@@ -129,6 +147,9 @@ class Rollout:
       alt_tokens, alt_lengths: y' (same shapes); zeros for rlhf. For online_ipo and
         ipo_md, y and y' are two independent draws from the same distribution.
       has_eos: bool [B], whether y ended with EOS before the length cap.
+      alt_ess: float32 [B], mixture="sequence" only: the effective sample size of the
+        importance weights over y''s candidates, as a fraction of them (1: the token-
+        and sequence-level mixtures agree on them); None otherwise.
     """
 
     prompts: jax.Array
@@ -137,6 +158,7 @@ class Rollout:
     alt_tokens: jax.Array
     alt_lengths: jax.Array
     has_eos: jax.Array
+    alt_ess: Optional[jax.Array] = None
 
 
 def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig) -> Rollout:
@@ -151,6 +173,10 @@ def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig
                        _ends_with_eos(y.tokens, y.lengths, scfg.eos_id))
     y = policy.sample(model, params, prompts, jax.random.split(k_y, b), scfg)
     alt_keys = jax.random.split(k_alt, b)
+    if cfg.algorithm == "nash_md" and cfg.mixture == "sequence":
+        alt, ess = _sequence_mixture(params, frozen["reference"], prompts, k_alt, beta, model=model, cfg=cfg)
+        last = jnp.take_along_axis(y.tokens, jnp.maximum(y.lengths - 1, 0)[:, None], axis=1)[:, 0]
+        return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths, last == scfg.eos_id, ess)
     if cfg.algorithm == "nash_md":
         alt = policy.sample_mixture(model, params, frozen["reference"], prompts, alt_keys, beta, scfg)
     elif cfg.algorithm == "nash_ema":
@@ -179,6 +205,58 @@ def _sample_pair(params, frozen, prompts, keys, beta, *, model, cfg: NashMDConfi
     half = lambda lo: decoding.DecodeOutput(out.tokens[lo:lo + b], out.logprobs[lo:lo + b],  # noqa: E731
                                             out.lengths[lo:lo + b])
     return half(0), half(b)
+
+
+def _sequence_mixture(params, reference_params, prompts, rng, beta, *, model, cfg: NashMDConfig):
+    """y' ~ the sequence-level mixture pi^(1-beta) mu^beta / Z, approximately, by
+    sampling-importance-resampling (SIR) from the token-level mixture q.
+
+    K = `mixture_candidates` draws y_1..y_K ~ q per row; each carries the importance
+    weight w(y) = pi(y)^(1-beta) mu(y)^beta / q(y) (Z cancels when self-normalised),
+    which is exactly prod_n C_n(y_<n), the product of q's per-token normalisers
+    (`evaluation.mixture_study`). One candidate is drawn with probability
+    w_k / sum_j w_j. As K grows the pick's law tends to the sequence-level mixture; at
+    K = 1, or at beta in {0, 1} where all weights are 1, it is q itself.
+
+    The sequence log-probs are teacher forced (`mixture_log_weights`, temperature 1),
+    log q is the sampler's own per-token log-probs summed.
+
+    Returns:
+      (DecodeOutput of the picks [B, L], the weights' effective sample size
+      (sum w)^2 / sum w^2 / K, float32 [B]).
+    """
+    scfg = cfg.sampling()
+    b, k = prompts.shape[0], cfg.mixture_candidates
+    rows = jnp.repeat(prompts, k, axis=0)  # candidate j of row i is row i * k + j
+    k_draw, k_pick = jax.random.split(rng)
+    cand = policy.sample_mixture(model, params, reference_params, rows, jax.random.split(k_draw, b * k),
+                                 beta, scfg)
+    log_w = mixture_log_weights(model, params, reference_params, rows, cand, beta, scfg).reshape(b, k)
+    pick = jax.random.categorical(k_pick, log_w, axis=-1)  # [B]
+    chosen = jnp.arange(b) * k + pick
+    w = jax.nn.softmax(log_w, axis=-1)
+    ess = 1.0 / jnp.sum(w * w, axis=-1) / k
+    out = decoding.DecodeOutput(cand.tokens[chosen], cand.logprobs[chosen], cand.lengths[chosen])
+    return out, ess.astype(jnp.float32)
+
+
+def mixture_log_weights(model, params, reference_params, prompts, draws: decoding.DecodeOutput, beta,
+                        scfg: decoding.SamplingConfig):
+    """log w(y) = (1 - beta) log pi(y) + beta log mu(y) - log q(y) of token-level mixture
+    draws y ~ q (`policy.sample_mixture`): the importance weight towards the
+    sequence-level mixture, up to its constant log Z. Equal to sum_n log C_n(y_<n), the
+    per-token normalisers of q (tested against them). Temperature 1.
+
+    Args:
+      prompts: int [N, K]; draws: the sampler's output for them ([N, L]).
+
+    Returns:
+      float32 [N].
+    """
+    beta = jnp.asarray(beta, jnp.float32)
+    lp_pi = policy.token_logprobs(model, params, prompts, draws.tokens, draws.lengths, scfg).sum(-1)
+    lp_mu = policy.token_logprobs(model, reference_params, prompts, draws.tokens, draws.lengths, scfg).sum(-1)
+    return (1.0 - beta) * lp_pi + beta * lp_mu - draws.logprobs.sum(-1)
 
 
 def _ends_with_eos(tokens, lengths, eos_id):
@@ -228,7 +306,8 @@ def make_phases(
     frozen_sh = {"reference": shardings.params}
     if nashmd.algorithm == "nash_ema":
         frozen_sh["ema"] = shardings.params
-    rollout_sh = Rollout(bsh(2), bsh(2), bsh(1), bsh(2), bsh(1), bsh(1))
+    rollout_sh = Rollout(bsh(2), bsh(2), bsh(1), bsh(2), bsh(1), bsh(1),
+                         bsh(1) if nashmd.mixture == "sequence" else None)
     sample = jax.jit(functools.partial(sample_phase, model=network, cfg=nashmd),
                      in_shardings=(shardings.params, frozen_sh, bsh(2), rep, rep),
                      out_shardings=rollout_sh)
@@ -341,6 +420,8 @@ def step_fn(
             metrics["rollout/alt_length"] = float(np.mean(roll.alt_lengths))
         if nashmd.algorithm in IPO_ALGORITHMS:
             metrics["rollout/alt_eos_rate"] = float(np.mean(alt_eos))
+        if roll.alt_ess is not None:
+            metrics["nashmd/mixture_ess"] = float(np.mean(roll.alt_ess))
         if not (nashmd.log_samples_every and (step + 1) % nashmd.log_samples_every == 0):
             texts = None
         return state, metrics, texts

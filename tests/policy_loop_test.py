@@ -66,13 +66,13 @@ def _words(ys):  # a sample metric: logged on every step next to the update's me
     return {"samples/mean_words": float(np.mean([len(y.split()) for y in ys]))}
 
 
-def _run(model_dir, sft_dir, prompts, steps_, algorithm="nash_md", beta=0.125, save_every=2):
+def _run(model_dir, sft_dir, prompts, steps_, algorithm="nash_md", beta=0.125, save_every=2, **nashmd):
     return run_policy.train_policy(
         sample_metrics=_words,
         model_dir=model_dir, sft_dir=sft_dir, prompts=prompts, judge=_ShortIsBetter(),
         vocabulary=_Vocab(), loop=trainer.LoopConfig(num_steps=steps_, **LOOP),
         nashmd=online.NashMDConfig(algorithm=algorithm, beta=beta, tau=0.05, max_decode_len=6,
-                                       log_samples_every=1),
+                                   log_samples_every=1, **nashmd),
         optimizer=ts.OptimizerConfig(name="adamw", schedule=ts.ScheduleConfig("constant", 3e-3)),
         checkpoint=checkpointing.CheckpointConfig(save_every_steps=save_every, async_save=False),
     )
@@ -103,6 +103,14 @@ def test_algorithms_run_and_leave_frozen_models_alone(algorithm, beta, sft_dir, 
         ema = _params(str(tmp_path / algorithm / "ema"))
         leaf = lambda t: np.asarray(t["token_embedder"]["embedding"])  # noqa: E731
         assert np.abs(leaf(ema) - leaf(before)).max() < np.abs(leaf(res.state.params) - leaf(before)).max()
+
+
+def test_sequence_level_mixture_runs_and_logs_its_effective_sample_size(sft_dir, prompts, tmp_path):
+    res = _run(str(tmp_path / "seq"), sft_dir, prompts, 2, mixture="sequence", mixture_candidates=3)
+    rows = [json.loads(r) for r in open(os.path.join(tmp_path / "seq", "metrics.jsonl"))]
+    assert int(res.state.step) == 2 and len(rows) == 2
+    assert all(0.0 < r["nashmd/mixture_ess"] <= 1.0 + 1e-6 for r in rows)
+    assert all(np.isfinite(r["policy/loss"]) for r in rows)
 
 
 def test_resume_is_exact(sft_dir, prompts, tmp_path):
