@@ -21,7 +21,8 @@ own `stage.log`: the PM beside the RM, then RLHF, then the other policies in pai
 
 Presets: `quick` (default; under 20 minutes on 2 CPU cores, see docs/results-world.md)
 and `paper` (the paper's grid of beta and two EMA decays, 300 steps each, on the quick
-preset's SFT, PM and RM). Their step counts and batch sizes are gin files in
+preset's SFT, PM and RM, plus the follow-up paper's online IPO and IPO-MD at the same
+tau and beta 0.125, Calandriello et al. 2024). Their step counts and batch sizes are gin files in
 configs/demo/, applied on top of each stage's configs/experiments/ file.
 """
 
@@ -69,7 +70,10 @@ PRESETS = {
         + tuple((f"nash_md_{b:g}", "nash_md", (f"BETA = {b}",))
                 for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0))
         + (("nash_ema_0.999", "nash_ema", ("BETA = 0.999",)),
-           ("nash_ema_0.9995", "nash_ema", ("BETA = 0.9995",)))),
+           ("nash_ema_0.9995", "nash_ema", ("BETA = 0.9995",)),
+           # Beyond the paper: the same loop with the IPO loss (configs/experiments'
+           # world_online_ipo.gin, world_ipo_md.gin), against the same PM.
+           ("online_ipo", "online_ipo", ()), ("ipo_md", "ipo_md", ()))),
 }
 
 

@@ -208,3 +208,20 @@ def test_quality_by_style_splits_the_quality_table(tmp_path):
     assert abs(sum(shares.values()) - 1) < 1e-9 and len(md.splitlines()) == 2 + len(shares)
     mean_q = sum(v["share"] * v["quality"] for v in data["p"].values())
     assert mean_q == pytest.approx(whole["p"]["quality"])
+
+
+def test_training_curves_take_runs_that_log_no_kl(tmp_path):
+    """IPO-MD logs no policy/kl_ref (its log-ratio is under the mixture, not pi): the
+    curves still draw, with its reward and length and without a KL line."""
+    import os
+
+    from nlhf_jax.evaluation import report
+
+    for name, extra in (("rlhf", {"policy/kl_ref": 0.1}), ("ipo_md", {})):
+        os.makedirs(tmp_path / name)
+        with open(tmp_path / name / "metrics.jsonl", "w") as f:
+            for step in (1, 2):
+                f.write(json.dumps({"step": step, "policy/reward": 0.5, "rollout/length": 9.0, **extra}) + "\n")
+    path = str(tmp_path / "curves.png")
+    report.training_curves(path, str(tmp_path), ["sft", "rlhf", "ipo_md"])
+    assert os.path.getsize(path) > 1000

@@ -46,7 +46,11 @@ def training_curves(path: str, out: str, names: Sequence[str]) -> None:
         rows = [r for r in metrics_lib.read_jsonl(f) if "policy/reward" in r]
         steps = [r["step"] for r in rows]
         axes[0].plot(steps, [r["policy/reward"] for r in rows], label=name)
-        axes[1].plot(steps, [r["policy/kl_ref"] for r in rows], label=name)
+        # IPO-MD samples from the mixture, so its log-ratio is no KL estimate and it
+        # logs none (steps.ipo_loss_fn): its KL curve is left out.
+        kl = [(r["step"], r["policy/kl_ref"]) for r in rows if "policy/kl_ref" in r]
+        if kl:
+            axes[1].plot(*zip(*kl), label=name)
         axes[2].plot(steps, [r["rollout/length"] for r in rows], label=name)
     axes[0].set_title("judge signal: P(y > y') (Nash) / reward (RLHF)")
     axes[1].set_title("sequence KL(pi || mu) estimate")
