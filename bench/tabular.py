@@ -12,6 +12,13 @@ result and log pi_{t+1}: about 6 C n * 4 bytes more (3 MiB here, 0.6% of P).
 The JAX loop also keeps the running average of iterates (2 more [C, n] arrays
 per step), which is not counted and is well under 1% of the traffic.
 
+The roof: the same run measures this machine's read bandwidth, a jitted sum over P
+(reads P once, writes C floats), and reports each loop's bandwidth as a fraction of it.
+A loop at ~100% of the roof cannot go faster without reading fewer bytes. It also
+tries the one way to halve them, P stored in bfloat16 with float32 accumulation: the
+mat-vec's time and its error against float32 (on XLA:CPU, which has no native bfloat16
+dot, it is far slower; on GPU/TPU it would halve the traffic).
+
 Usage:
   python bench/tabular.py [--contexts 128] [--actions 1024] [--steps 1000]
 """
@@ -24,6 +31,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nlhf_jax.tabular import games as games_lib
@@ -54,6 +62,31 @@ def numpy_nash_md(pref: np.ndarray, log_mu: np.ndarray, tau: float, etas: np.nda
         g = np.matmul(pref, np.exp(log_mix)[:, :, None])[:, :, 0]  # P(y > pi_t^mu)
         log_pi = _log_softmax(log_mix + eta * g)  # eq. 5
     return log_pi
+
+
+def _seconds(fn, *args, reps: int = 10) -> float:
+    """Mean wall time of a jitted call after one warm-up (compile) call."""
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(reps):
+        jax.block_until_ready(fn(*args))
+    return (time.perf_counter() - start) / reps
+
+
+def roofline(pref32: np.ndarray, x32: np.ndarray) -> dict:
+    """Read bandwidth of this machine on P (GiB/s), one float32 mat-vec's, and the
+    bfloat16-stored mat-vec's time and max abs error against float32."""
+    p, x = jnp.asarray(pref32), jnp.asarray(x32)
+    p16 = jnp.asarray(pref32, jnp.bfloat16)
+    read = jax.jit(lambda a: jnp.sum(a, axis=(1, 2)))
+    mv32 = jax.jit(lambda a, v: jnp.einsum("cij,cj->ci", a, v))
+    mv16 = jax.jit(lambda a, v: jnp.einsum("cij,cj->ci", a, v.astype(jnp.bfloat16),
+                                           preferred_element_type=jnp.float32))
+    gib = 2.0**30
+    t_read, t32, t16 = _seconds(read, p), _seconds(mv32, p, x), _seconds(mv16, p16, x, reps=3)
+    err = float(jnp.max(jnp.abs(mv16(p16, x) - mv32(p, x))))
+    return {"read_gib_s": pref32.nbytes / t_read / gib, "matvec32_gib_s": pref32.nbytes / t32 / gib,
+            "matvec32_ms": t32 * 1e3, "matvec_bf16_ms": t16 * 1e3, "bf16_max_abs_err": err}
 
 
 def main() -> None:
@@ -104,6 +137,14 @@ def main() -> None:
         f"{bytes_per_step * steps / np_s / gib:6.2f} GiB/s"
     )
     print(f"speed-up NumPy / JAX: {np_s / jax_s:.2f}x")
+    roof = roofline(pref32, np.exp(log_mu32))
+    print(f"roof: jitted read of P {roof['read_gib_s']:.2f} GiB/s; one float32 mat-vec "
+          f"{roof['matvec32_ms']:.2f} ms = {roof['matvec32_gib_s']:.2f} GiB/s")
+    for name, sec in (("JAX", jax_s), ("NumPy", np_s)):
+        print(f"  {name} loop at {bytes_per_step * steps / sec / gib / roof['read_gib_s']:.0%} of the read roof")
+    print(f"P in bfloat16, float32 accumulation: mat-vec {roof['matvec_bf16_ms']:.2f} ms "
+          f"({roof['matvec_bf16_ms'] / roof['matvec32_ms']:.1f}x the float32 one), "
+          f"max abs error {roof['bf16_max_abs_err']:.1e}")
     diff = np.abs(np.exp(jax_out) - np.exp(np_out)).sum(-1).max()
     print(f"max_c ||pi_T(JAX) - pi_T(NumPy)||_1 = {diff:.2e} (float32 round-off)")
 
