@@ -241,3 +241,17 @@ def test_main_writes_json_and_figure(tmp_path):
     assert all(r["rel_bias"] < 1e-12 for r in rows if r["length"] == 1)
     assert any(r["kl_seq_tok"] > 1e-6 for r in rows if r["length"] == 2)
     assert (tmp_path / "mixture_study.png").stat().st_size > 1000
+
+
+def test_resampled_mixture_goes_from_token_to_sequence_level_as_one_over_k():
+    pi, mu = _pair(length=3, distance=1.0)
+    tok, seq = ms.token_mixture(pi, mu, 0.125), ms.sequence_mixture(pi, mu, 0.125)
+    np.testing.assert_allclose(ms.resampled_mixture(pi, mu, 0.125, 1), tok)  # K = 1: the sampler's law
+    tvs = [ms.total_variation(ms.resampled_mixture(pi, mu, 0.125, k), seq) for k in (1, 4, 16)]
+    assert tvs[0] == pytest.approx(ms.total_variation(tok, seq))
+    assert tvs[0] > 4 * tvs[1] * 0.8 and tvs[1] > 4 * tvs[2] * 0.8  # bias ~ 1/K
+    law = np.exp(ms.resampled_mixture(pi, mu, 0.125, 4))
+    assert abs(law.sum() - 1) < 1e-12
+    for beta in (0.0, 1.0):  # the mixtures coincide: resampling changes nothing
+        np.testing.assert_allclose(ms.resampled_mixture(pi, mu, beta, 8), ms.token_mixture(pi, mu, beta),
+                                   atol=1e-12)

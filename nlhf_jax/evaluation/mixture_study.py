@@ -26,6 +26,8 @@ autoregressive policy whose parameters are its per-position, per-prefix logits:
   in logit space, against a fixed opponent (as in tests/policy_gradient_test.py);
   `population_objective` is the P_tau(pi_theta > pi') it is the gradient of.
 * `nash_md_step`: the exact Nash-MD step pi_next ∝ pi' exp(eta P(y > pi')) (eq. 5).
+* `resampled_mixture`, `resampling_sweep`: the law of `NashMDConfig.mixture="sequence"`
+  (importance resampling of K token-level draws) and how fast it reaches pi_seq in K.
 * `sweep`, `main`: the study (`python -m nlhf_jax.evaluation.mixture_study --out DIR`).
 """
 
@@ -235,6 +237,71 @@ def nash_md_step(alt_logp: np.ndarray, pref: np.ndarray, eta: float) -> np.ndarr
     return x - _logsumexp(x)
 
 
+def resampled_mixture(pi: TinyPolicy, mu: TinyPolicy, beta: float, k: int, *, n_draws: int = 20000,
+                      seed: int = 0) -> np.ndarray:
+    """log-law of sampling-importance-resampling from the token-level mixture: K draws
+    from pi_tok, one kept with probability w / sum w, w = pi_seq / pi_tok (what
+    `online._sequence_mixture` does with NashMDConfig.mixture="sequence").
+
+    P(pick = y) = pi_tok(y) w(y) E[K / (w(y) + S)], S the sum of the other K - 1 draws'
+    weights. The expectation is over S only, estimated from `n_draws` Monte Carlo sums
+    (weights normalised to E_tok[w] = 1); everything else is enumerated. K = 1 gives
+    pi_tok exactly, K -> infinity pi_seq.
+
+    Returns:
+      float64 [V^L].
+    """
+    tok, seq = token_mixture(pi, mu, beta), sequence_mixture(pi, mu, beta)
+    w = np.exp(seq - tok)  # pi_seq / pi_tok: E_tok[w] = 1
+    if k == 1:
+        return tok
+    rng = np.random.default_rng(seed)
+    others = rng.choice(len(tok), size=(n_draws, k - 1), p=np.exp(tok) / np.exp(tok).sum())
+    s = w[others].sum(-1)  # [n_draws]
+    factor = np.mean(k / (w[:, None] + s[None, :]), axis=1)  # [V^L]
+    law = np.exp(tok) * w * factor
+    return np.log(law / law.sum())
+
+
+def resampling_sweep(ks: Sequence[int] = (1, 2, 4, 8, 16, 64), beta: float = 0.125,
+                     lengths: Sequence[int] = (3, 5), distances: Sequence[float] = DISTANCES,
+                     seeds: Sequence[int] = SEEDS, vocab: int = VOCAB, tau: float = TAU) -> list:
+    """TV to pi_seq and relative Nash-MD-PG update bias (as `compare`'s rel_bias) of the
+    resampled mixture, per K; seed means (random preference).
+
+    Returns:
+      rows: dicts with length, distance, k, tv, rel_bias.
+    """
+    rows = []
+    for length, dist in itertools.product(lengths, distances):
+        tokens, _ = enumerate_sequences(vocab, length)
+        acc = {k: [] for k in ks}
+        for seed in seeds:
+            pi, mu = random_pair(vocab, length, dist, seed)
+            pref = random_preference(len(tokens), 1000 + seed)
+            seq = sequence_mixture(pi, mu, beta)
+            g_seq = _flat(expected_update(pi, mu, pref, seq, tau))
+            for k in ks:
+                law = resampled_mixture(pi, mu, beta, k, seed=seed)
+                g = _flat(expected_update(pi, mu, pref, law, tau))
+                acc[k].append((total_variation(law, seq), np.linalg.norm(g - g_seq) / np.linalg.norm(g_seq)))
+        for k in ks:
+            vals = np.array(acc[k])
+            rows.append({"length": length, "distance": dist, "k": k, "tv": float(vals[:, 0].mean()),
+                         "rel_bias": float(vals[:, 1].mean())})
+    return rows
+
+
+def resampling_table(rows: list, key: str) -> str:
+    """Markdown: rows (L, distance), columns K."""
+    ks = sorted({r["k"] for r in rows})
+    lines = ["| L | distance | " + " | ".join(f"K={k}" for k in ks) + " |", "|---" * (len(ks) + 2) + "|"]
+    for length, dist in sorted({(r["length"], r["distance"]) for r in rows}):
+        vals = {r["k"]: r[key] for r in rows if r["length"] == length and r["distance"] == dist}
+        lines.append(f"| {length} | {dist:g} | " + " | ".join(_fmt(vals[k]) for k in ks) + " |")
+    return "\n".join(lines)
+
+
 def _flat(tree: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.ravel(x) for x in tree])
 
@@ -381,6 +448,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             for key in ("kl_seq_tok", "kl_tok_seq", "tv", "rel_bias", "one_minus_cosine", "pref_gap", "step_kl",
                         "step_kl_opponent", "kl_pi_mu"):
                 parts.append(f"### {key}, {pref} preference, distance {dist}\n\n{table(rows, key, dist, pref)}\n")
+    sir = resampling_sweep(lengths=[n for n in (3, 5) if n in args.lengths] or args.lengths[-1:],
+                           seeds=args.seeds)
+    with open(os.path.join(args.out, "mixture_resampling.json"), "w") as f:
+        json.dump({"config": {**meta, "beta": 0.125}, "rows": sir}, f, indent=1)
+    for key in ("tv", "rel_bias"):
+        parts.append(f"### resampled mixture (beta 0.125, random preference): {key} against the "
+                     f"sequence-level mixture, by candidates K\n\n{resampling_table(sir, key)}\n")
     with open(os.path.join(args.out, "mixture_study_tables.md"), "w") as f:
         f.write("\n".join(parts))
     print("\n".join(parts[:9]))
