@@ -175,8 +175,8 @@ def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig
     alt_keys = jax.random.split(k_alt, b)
     if cfg.algorithm == "nash_md" and cfg.mixture == "sequence":
         alt, ess = _sequence_mixture(params, frozen["reference"], prompts, k_alt, beta, model=model, cfg=cfg)
-        last = jnp.take_along_axis(y.tokens, jnp.maximum(y.lengths - 1, 0)[:, None], axis=1)[:, 0]
-        return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths, last == scfg.eos_id, ess)
+        return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths,
+                       _ends_with_eos(y.tokens, y.lengths, scfg.eos_id), ess)
     if cfg.algorithm == "nash_md":
         alt = policy.sample_mixture(model, params, frozen["reference"], prompts, alt_keys, beta, scfg)
     elif cfg.algorithm == "nash_ema":
@@ -184,8 +184,8 @@ def sample_phase(params, frozen, prompts, rng, beta, *, model, cfg: NashMDConfig
     else:
         alt = decoding.DecodeOutput(jnp.zeros_like(y.tokens), jnp.zeros_like(y.logprobs),
                                     jnp.zeros_like(y.lengths))
-    last = jnp.take_along_axis(y.tokens, jnp.maximum(y.lengths - 1, 0)[:, None], axis=1)[:, 0]
-    return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths, last == scfg.eos_id)
+    return Rollout(prompts, y.tokens, y.lengths, alt.tokens, alt.lengths,
+                   _ends_with_eos(y.tokens, y.lengths, scfg.eos_id))
 
 
 def _sample_pair(params, frozen, prompts, keys, beta, *, model, cfg: NashMDConfig):

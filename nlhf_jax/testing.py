@@ -5,6 +5,8 @@ Everything here is deterministic and local: no vocabulary files, no downloads.
 
 import dataclasses
 import functools
+import itertools
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -101,6 +103,26 @@ def random_tokens(
     if append_eos:
         tokens = np.where(positions == lengths[:, None] - 1, types.EOS_ID, tokens)
     return np.where(positions < lengths[:, None], tokens, types.PAD_ID).astype(np.int32)
+
+
+def all_responses(content: Sequence[int], eos: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every response a sampler can emit with `max_len` tokens over a vocabulary whose
+    non-padding tokens are `content` and `eos`: ended by EOS, or cut at `max_len`.
+
+    For exact enumeration of a tiny policy's expectations (order: by length, then
+    lexicographic in `content`, the capped ones last token EOS first).
+
+    Returns:
+      (tokens int32 [N, max_len], 0-padded after EOS; lengths int32 [N]).
+    """
+    seqs = []
+    for n in range(1, max_len):
+        seqs += [list(p) + [eos] for p in itertools.product(content, repeat=n - 1)]
+    seqs += [list(p) + [c] for p in itertools.product(content, repeat=max_len - 1) for c in (eos, *content)]
+    tokens = np.zeros((len(seqs), max_len), np.int32)
+    for i, seq in enumerate(seqs):
+        tokens[i, : len(seq)] = seq
+    return tokens, np.array([len(seq) for seq in seqs], np.int32)
 
 
 def assert_trees_equal(actual: types.PyTree, expected: types.PyTree) -> None:

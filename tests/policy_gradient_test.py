@@ -21,6 +21,7 @@ from nlhf_jax import losses
 from nlhf_jax import online
 from nlhf_jax import policy
 from nlhf_jax import steps
+from nlhf_jax import testing
 from nlhf_jax.models import t5
 from nlhf_jax.tabular import games as games_lib
 from nlhf_jax.tabular import solvers
@@ -37,17 +38,7 @@ STEP_CFG = steps.PolicyStepConfig(temperature=TEMP)
 PROMPTS = np.array([[2, 3, 1], [3, 3, 1]], np.int32)
 
 
-def _sequences():
-    seqs = [[1]]
-    seqs += [[a, 1] for a in (2, 3)]
-    seqs += [[a, b, c] for a, b in itertools.product((2, 3), repeat=2) for c in (1, 2, 3)]
-    tokens = np.zeros((len(seqs), MAX_LEN), np.int32)
-    for i, s in enumerate(seqs):
-        tokens[i, : len(s)] = s
-    return tokens, np.array([len(s) for s in seqs], np.int32)
-
-
-SEQS, LENS = _sequences()
+SEQS, LENS = testing.all_responses((2, 3), eos=1, max_len=MAX_LEN)  # every response
 N = len(SEQS)  # 15
 INDEX = {tuple(t[:n]): i for i, (t, n) in enumerate(zip(SEQS.tolist(), LENS.tolist()))}
 

@@ -4,7 +4,6 @@ resampled alternative's law against the exact sequence-level mixture, by enumera
 every response of a tiny policy (vocabulary {PAD, EOS, 2, 3}, at most 3 tokens)."""
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ import pytest
 from nlhf_jax import decoding
 from nlhf_jax import online
 from nlhf_jax import policy
+from nlhf_jax import testing
 from nlhf_jax.models import t5
 
 CFG = t5.T5Config(vocab_size=4, emb_dim=8, num_heads=2, head_dim=4, mlp_dim=16,
@@ -25,16 +25,7 @@ SCFG = decoding.SamplingConfig(temperature=1.0, max_decode_len=MAX_LEN)
 PROMPT = np.array([[2, 3, 1]], np.int32)
 
 
-def _sequences():
-    seqs = [[1]] + [[a, 1] for a in (2, 3)]
-    seqs += [[a, b, c] for a, b in itertools.product((2, 3), repeat=2) for c in (1, 2, 3)]
-    tokens = np.zeros((len(seqs), MAX_LEN), np.int32)
-    for i, s in enumerate(seqs):
-        tokens[i, : len(s)] = s
-    return tokens, np.array([len(s) for s in seqs], np.int32)
-
-
-SEQS, LENS = _sequences()
+SEQS, LENS = testing.all_responses((2, 3), eos=1, max_len=MAX_LEN)  # every response
 N = len(SEQS)  # every response: 15
 INDEX = {tuple(t[:n]): i for i, (t, n) in enumerate(zip(SEQS.tolist(), LENS.tolist()))}
 
