@@ -141,3 +141,25 @@ def test_world_learned_launcher_commands_parse(tmp_path):
     assert taus == [0.02, 0.02, 0.02, 0.05, 0.1, 0.2]
     assert "--judge_diagnostics" in commands[9]
     run_evaluate._parser().parse_args(commands[9][2:])
+
+
+def test_world_mixture_launcher_commands_parse(tmp_path):
+    """launch/world_mixture.sh (dry run): four Nash-MD-PG runs against the learned PM,
+    token- and sequence-level mixture at seeds 0 and 1, and the P* evaluation."""
+    from nlhf_jax import run_evaluate
+
+    demo, learned, out = str(tmp_path / "demo"), str(tmp_path / "learned"), str(tmp_path / "mix")
+    commands = _dry_run("launch/world_mixture.sh", demo, learned, out)
+    assert [c[1] for c in commands] == ["train"] * 4 + ["evaluate"]
+    got = []
+    for cmd in commands[:4]:
+        _parse_train_command(cmd)
+        assert gin.query_parameter("%JUDGE_DIR") == f"{learned}/pm" and gin.query_parameter("%TAU") == 0.02
+        try:
+            mixture = gin.query_parameter("online.NashMDConfig.mixture")
+        except ValueError:  # not bound: the config's default, the token-level mixture
+            mixture = "token"
+        got.append((gin.query_parameter("%SEED"), mixture))
+        gin.clear_config()
+    assert got == [(0, "token"), (0, "sequence"), (1, "token"), (1, "sequence")]
+    run_evaluate._parser().parse_args(commands[4][2:])
