@@ -465,7 +465,7 @@ def _decoder_only_iteration(args, config, prompts):
         """Runs the prompt through the cache: (cache, log-probs of the first response token)."""
         if not args.stepwise_prefill:  # one pass over the whole prompt
             logits, variables = model.apply({"params": p}, prompt, decode=True, max_decode_len=total_len,
-                                            mutable=["cache"])
+                                            mutable=["cache"], logits_from=prompt.shape[1] - 1)
             return flax.core.unfreeze(variables["cache"]), policy.normalise(logits[:, -1])
         _, variables = model.apply({"params": p}, prompt[:, :1], decode=True, max_decode_len=total_len,
                                    mutable=["cache"])
@@ -505,7 +505,7 @@ def _decoder_only_iteration(args, config, prompts):
     def logprobs(p, prompt, y):
         """log pi(y_n | x, y_<n), teacher forced: [B, N]."""
         seq = jnp.concatenate([prompt, y], axis=1)[:, :-1]
-        lp = policy.normalise(model.apply({"params": p}, seq)[:, k - 1:])
+        lp = policy.normalise(model.apply({"params": p}, seq, logits_from=k - 1))
         return jnp.take_along_axis(lp, y[..., None], axis=-1)[..., 0]
 
     def loss_fn(p, batch, rng):

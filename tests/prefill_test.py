@@ -156,3 +156,25 @@ def test_sharded_one_pass_generate_equals_single_device():
         out = jax.device_get(out)
     np.testing.assert_array_equal(out.tokens, expected.tokens)
     np.testing.assert_allclose(out.logprobs, expected.logprobs, rtol=0, atol=1e-5)
+
+
+def test_logits_from_skips_the_head_on_the_prompt_only():
+    """DecoderOnly(..., logits_from=k): the same logits and gradients as the full
+    output sliced from k, the head run on the later positions only."""
+    model = _model()
+    params = testing.random_params(model, seed=3)
+    tokens = jnp.asarray(testing.random_tokens(1, 3, 9, _CONFIG.vocab_size, min_length=9))
+    k = 5
+    full = model.apply({"params": params}, tokens)
+    part = model.apply({"params": params}, tokens, logits_from=k)
+    assert part.shape == (3, 9 - k, _CONFIG.vocab_size)
+    np.testing.assert_allclose(np.asarray(part), np.asarray(full[:, k:]), rtol=1e-5, atol=1e-5)
+
+    def score(p, sliced):
+        out = model.apply({"params": p}, tokens, logits_from=k if sliced else 0)
+        out = out if sliced else out[:, k:]
+        return jnp.sum(jax.nn.log_softmax(out)[..., 3])
+
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(score)(params, True)),
+                    jax.tree_util.tree_leaves(jax.grad(score)(params, False))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

@@ -417,20 +417,26 @@ class DecoderOnly(nn.Module):
         decode: bool = False,
         max_decode_len: int = 0,
         input_mask: Optional[Array] = None,
+        logits_from: int = 0,
     ) -> Array:
-        """tokens: int [B, L] -> float32 logits [B, L, V] (next-token prediction).
+        """tokens: int [B, L] -> float32 logits [B, L - logits_from, V] (next-token
+        prediction at positions logits_from .. L - 1).
 
         `input_mask` (bool [B, L]) hides positions from every query, e.g. the padding
         of left-padded prompts (see `Decoder`); default: every position is visible.
         In decode mode (see `nlhf_jax.decoding.init_decoder_only_cache`) L may be 1
         (a generation step) or the whole prompt (a one-pass prefill).
+        `logits_from` (static) skips the output head on the first positions: scoring a
+        response after a K-token prompt needs logits from K - 1 on, and at T5's 32k
+        vocabulary the head is the largest matmul of a small model, so computing it on
+        the prompt too would triple its cost, backward included.
         """
         hidden = self.decoder(
             self.token_embedder(tokens), None, None,
             deterministic=not enable_dropout, decode=decode, max_decode_len=max_decode_len,
             input_mask=input_mask,
         )
-        return self.head(hidden, self.token_embedder)
+        return self.head(hidden[:, logits_from:], self.token_embedder)
 
 
 def init_params(model: nn.Module, rng: types.PRNGKey, input_len: int = 8, target_len: int = 8):
