@@ -20,16 +20,20 @@ SFT run two at a time (`--jobs`), each pinned to half of the cores and logging t
 own `stage.log`: the PM beside the RM, then RLHF, then the other policies in pairs.
 
 Presets: `quick` (default; under 20 minutes on 2 CPU cores, see docs/results-world.md)
-and `paper` (the paper's grid of beta and two EMA decays, 300 steps each, on the quick
-preset's SFT, PM and RM, plus the follow-up paper's online IPO and IPO-MD at the same
-tau and beta 0.125, Calandriello et al. 2024). Their step counts and batch sizes are gin files in
-configs/demo/, applied on top of each stage's configs/experiments/ file.
+and `paper` (the paper's grid of beta and two EMA decays, 300 steps each, plus the
+follow-up paper's online IPO and IPO-MD at the same tau and beta 0.125, Calandriello et
+al. 2024, on the quick preset's SFT but with style-aware judges: PM and RM train on a
+second world, `judge_world`, that adds 30,000 comparisons of two distinct styles, the
+RM for 3,000 steps and the PM for 4,000 from the RM; about 1.5 hours on 2 CPU cores).
+Their step counts and batch sizes are gin files in configs/demo/, applied on top of
+each stage's configs/experiments/ file.
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Optional
@@ -46,12 +50,24 @@ class Preset:
       policies: (stage name, experiment `world_<algorithm>.gin`, extra bindings).
       eval_prompts: held-out prompts of the P* matrix.
       ptau_prompts: the first N of them for P_tau (None: all).
+      pm_gin, rm_gin: the overlays of the judge stages.
+      judge_style_comparisons: when > 0, PM and RM train on `<out>/judge_world`, the
+        policies' world plus this many comparisons of two reference-quality summaries in
+        distinct styles (`WorldConfig.n_style_comparisons`; every other file of it is
+        byte-identical to the policies' world). In the default world such pairs are
+        about 2% of the comparisons, too few for a PM to learn the style-level game.
+      pm_init: the stage whose parameters the PM starts from, "sft" or "rm" (the RM has
+        already learned to judge one summary, which the PM's encoder reads).
     """
 
     policy_gin: str
     policies: tuple
     eval_prompts: int = 1000
     ptau_prompts: Optional[int] = None
+    pm_gin: str = "configs/demo/pm.gin"
+    rm_gin: str = "configs/demo/rm.gin"
+    judge_style_comparisons: int = 0
+    pm_init: str = "sft"
 
 
 PRESETS = {
@@ -62,10 +78,17 @@ PRESETS = {
         policies=(("rlhf", "rlhf", ()), ("self_play", "self_play", ()), ("nash_md", "nash_md", ()),
                   ("best_response", "best_response", ()), ("nash_ema", "nash_ema", ("BETA = 0.9",))),
         ptau_prompts=250),
-    # The paper's grid of policies on the quick preset's SFT, PM and RM (the same gin
-    # files, so a finished quick demo's world/sft/pm/rm directories can be copied in).
+    # The paper's grid of policies on the quick preset's SFT (the same gin files, so a
+    # finished quick demo's world/ and sft/ directories can be copied in), against
+    # style-aware judges: the quick preset's PM ranks *exhaustive* first, so every
+    # policy of the grid went there and the grid measured quality only (see
+    # docs/results-world.md, the paper preset).
     "paper": Preset(
         policy_gin="configs/demo/paper_policy.gin",
+        pm_gin="configs/demo/paper_pm.gin",
+        rm_gin="configs/demo/paper_rm.gin",
+        judge_style_comparisons=30000,
+        pm_init="rm",
         policies=(("rlhf", "rlhf", ()),)
         + tuple((f"nash_md_{b:g}", "nash_md", (f"BETA = {b}",))
                 for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0))
@@ -120,8 +143,9 @@ def _train_args(stage: Stage, model_dir: str, repo: str, extra: tuple = ()) -> l
     bindings = list(stage.bindings) + list(extra)
     args = [f"--gin_file={os.path.join(repo, g)}" for g in stage.gin_files]
     args += [f"--gin.MODEL_DIR='{model_dir}'"] + [f"--gin_bindings={b}" for b in bindings]
-    shown = " ".join([f"--gin_file={g}" for g in stage.gin_files]
-                     + [f"--gin.MODEL_DIR=\\\"{model_dir}\\\""] + [f"--gin_bindings='{b}'" for b in bindings])
+    # Quoted for a POSIX shell, so the printed command can be pasted as it is.
+    shown = " ".join(shlex.quote(a) for a in [f"--gin_file={g}" for g in stage.gin_files]
+                     + [f"--gin.MODEL_DIR='{model_dir}'"] + [f"--gin_bindings={b}" for b in bindings])
     print(f"+ nlhf train {shown}", flush=True)
     return args
 
@@ -326,21 +350,30 @@ def stage_plan(preset_name: str, out: str, world_seed: int = 0) -> tuple[list, l
     """The training stages of a preset, in order, and the policy names to evaluate.
 
     Returns:
-      ([Stage], names): the world stage is not included; names are "sft", each policy,
-      and "<ema run>*" for the averaged policy of each Nash-EMA-PG run.
+      ([Stage], names): the world stages (`world`, `judge_world`) are not included;
+      names are "sft", each policy, and "<ema run>*" for the averaged policy of each
+      Nash-EMA-PG run.
     """
     preset = PRESETS[preset_name]
+    if preset.pm_init not in ("sft", "rm"):
+        raise ValueError(f"preset {preset_name!r}: pm_init must be 'sft' or 'rm', got {preset.pm_init!r}")
     world_dir = os.path.join(out, "world")
+    judge_world = os.path.join(out, "judge_world") if preset.judge_style_comparisons else world_dir
     sft_dir = os.path.join(out, "sft")
     seed = (f"WORLD_SEED = {world_seed}",)
     plan = [Stage("sft", ("configs/experiments/world_sft.gin", "configs/demo/sft.gin"),
                   seed + (f"arrays.world_sft.data_dir = '{world_dir}'",), ())]
     # PM and RM start from the SFT policy (same dimensions), as the paper's do from
-    # pretrained T5: the SFT encoder already reads posts and its decoder summaries.
-    judge_inputs = (f"pairwise.world_data.data_dir = '{world_dir}'", f"INITIAL_CHECKPOINT = '{sft_dir}'")
-    for judge in ("pm", "rm"):
-        plan.append(Stage(judge, (f"configs/experiments/world_{judge}.gin", f"configs/demo/{judge}.gin"),
-                          judge_inputs, ("sft",)))
+    # pretrained T5: the SFT encoder already reads posts and its decoder summaries; or
+    # the PM from the RM (`pm_init`).
+    judge_data = f"pairwise.world_data.data_dir = '{judge_world}'"
+    pm_init = os.path.join(out, preset.pm_init)
+    judges = (Stage("pm", ("configs/experiments/world_pm.gin", preset.pm_gin),
+                    (judge_data, f"INITIAL_CHECKPOINT = '{pm_init}'"), tuple(dict.fromkeys(("sft", preset.pm_init)))),
+              Stage("rm", ("configs/experiments/world_rm.gin", preset.rm_gin),
+                    (judge_data, f"INITIAL_CHECKPOINT = '{sft_dir}'"), ("sft",)))
+    # The RM first when the PM needs it, so a sequential run meets its dependencies.
+    plan += list(judges[::-1] if preset.pm_init == "rm" else judges)
     policy_inputs = seed + (f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
                             f"vocab.world_vocabulary.data_dir = '{world_dir}'",
                             f"describe.StyleMonitor.data_dir = '{world_dir}'")
@@ -417,6 +450,9 @@ def main(argv) -> int:
         world_cli.main(["--describe", "--seed", str(args.world_seed)])
 
     stage("world", make_world)
+    if preset.judge_style_comparisons:
+        stage("judge_world", lambda path: generator.ensure_world(path, generator.WorldConfig(
+            seed=args.world_seed, n_style_comparisons=preset.judge_style_comparisons)))
     plan, names = stage_plan(args.preset, out, args.world_seed)
     jobs = args.jobs or _auto_jobs()
     if jobs == 1 or args.stop_after:

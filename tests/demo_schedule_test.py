@@ -26,6 +26,23 @@ def test_dependencies_follow_the_judges(tmp_path):
         assert deps[name] == ["sft", "pm"]
 
 
+def test_paper_preset_judges_read_the_style_world_and_the_pm_starts_from_the_rm(tmp_path):
+    plan, _ = demo.stage_plan("paper", str(tmp_path))
+    by_name = {stage.name: stage for stage in plan}
+    assert [stage.name for stage in plan[:3]] == ["sft", "rm", "pm"]  # serial order meets the deps
+    assert by_name["pm"].needs == ("sft", "rm") and by_name["rm"].needs == ("sft",)
+    judge_world = f"pairwise.world_data.data_dir = '{tmp_path / 'judge_world'}'"
+    assert judge_world in by_name["pm"].bindings and judge_world in by_name["rm"].bindings
+    assert f"INITIAL_CHECKPOINT = '{tmp_path / 'rm'}'" in by_name["pm"].bindings
+    assert f"INITIAL_CHECKPOINT = '{tmp_path / 'sft'}'" in by_name["rm"].bindings
+    # The policies sample prompts from the default world, not the judges'.
+    assert f"arrays.world_prompts.data_dir = '{tmp_path / 'world'}'" in by_name["nash_md_0.125"].bindings
+    # The quick preset: one world, both judges from SFT.
+    quick = {stage.name: stage for stage in demo.stage_plan("quick", str(tmp_path))[0]}
+    assert f"pairwise.world_data.data_dir = '{tmp_path / 'world'}'" in quick["pm"].bindings
+    assert f"INITIAL_CHECKPOINT = '{tmp_path / 'sft'}'" in quick["pm"].bindings
+
+
 def test_cpu_groups_are_disjoint_and_cover_an_even_split():
     assert demo.cpu_groups(2, [0, 1]) == [[0], [1]]
     assert demo.cpu_groups(2, [0, 1, 2, 3, 4]) == [[0, 1], [2, 3]]
@@ -171,3 +188,16 @@ def test_every_stage_config_parses_with_its_bindings(preset, tmp_path):
         if stage.name not in ("sft", "pm", "rm"):  # the world policies log their style shares
             assert gin.query_parameter("describe.StyleMonitor.data_dir") == str(tmp_path / "world")
         gin.clear_config()
+
+
+def test_printed_stage_command_pastes_into_a_shell(tmp_path, capsys):
+    """The `+ nlhf train ...` line a stage prints splits, as a POSIX shell would, into the
+    arguments the stage runs with (gin files relative to the repository)."""
+    import shlex
+
+    stage = {s.name: s for s in demo.stage_plan("paper", str(tmp_path / "it's here"))[0]}["pm"]
+    args = demo._train_args(stage, str(tmp_path / "pm"), "REPO")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("+ nlhf train ")
+    shown = shlex.split(line[len("+ nlhf train "):])
+    assert [a.replace("--gin_file=REPO/", "--gin_file=") for a in args] == shown
