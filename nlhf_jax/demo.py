@@ -3,9 +3,11 @@
 Stages, each an ordinary gin run (the exact `nlhf train` command is printed), each in
 its own directory under `--out` (default `runs/demo`):
 
-  world          generate the world and its vocabulary (seeded; cached)
+  world          generate the world and its vocabulary (seeded; cached), with 20,000
+                 comparisons between distinct styles appended (WORLD_STYLE_COMPARISONS)
   sft            supervised fine-tuning -> the initial policy and the reference mu
-  pm, rm         preference model P(y > y' | x) and Bradley-Terry reward model
+  pm, rm         preference model P(y > y' | x) and Bradley-Terry reward model, on the
+                 first 20,000 regular comparisons plus the style comparisons
   rlhf           REINFORCE on the RM with KL to mu (the baseline)
   self_play      Nash-MD-PG, beta = 0
   nash_md        Nash-MD-PG, beta = 0.125 (the paper's choice)
@@ -69,6 +71,14 @@ class Preset:
     judge_style_comparisons: int = 0
     pm_init: str = "sft"
 
+
+# Comparisons of two reference-quality summaries in distinct styles appended to the
+# demo's world (`WorldConfig.n_style_comparisons`; every other file of the world is
+# byte-identical to the default world's). The quick PM and RM read the first 20,000
+# regular comparisons plus these (configs/demo/pm.gin): in the default comparisons two
+# faithful summaries of distinct styles meet too rarely (about 2%) for a PM to learn
+# the style-level game within the quick budget (docs/results-world.md).
+WORLD_STYLE_COMPARISONS = 20000
 
 PRESETS = {
     # 1,000 prompts for P* (95% intervals about +-0.03); P_tau, which runs the PM on
@@ -389,6 +399,31 @@ def stage_plan(preset_name: str, out: str, world_seed: int = 0) -> tuple[list, l
     return plan, names
 
 
+def _forget_stale_worlds(out: str, worlds: dict) -> list:
+    """Un-finishes each world stage (`<out>/<name>`) whose world is not of its config.
+
+    An --out from an earlier version (or another world) would otherwise skip the stage
+    and train on the old world; this way the stage regenerates it. The SFT data, prompts
+    and vocabulary do not depend on the style comparisons, so finished SFT and policy
+    stages stay valid; judges trained on the old comparisons are kept too (said).
+
+    Returns:
+      The names of the world stages that will be regenerated.
+    """
+    from nlhf_jax.data.world import generator
+
+    stale = []
+    for name, config in worlds.items():
+        path = os.path.join(out, name)
+        if _done(path) and not generator.is_current(path, config):
+            print(f"[redo] {name}: {path} holds a world of another config; regenerating it. "
+                  "Judges trained on the old one are kept; delete their directories to "
+                  "retrain them.", flush=True)
+            os.remove(os.path.join(path, "DONE"))
+            stale.append(name)
+    return stale
+
+
 def _parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="nlhf demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output directory")
@@ -441,18 +476,21 @@ def main(argv) -> int:
 
     from nlhf_jax.data.world import generator
 
-    world_dir = os.path.join(out, "world")
+    worlds = {"world": generator.WorldConfig(seed=args.world_seed, n_style_comparisons=WORLD_STYLE_COMPARISONS)}
+    if preset.judge_style_comparisons:
+        worlds["judge_world"] = generator.WorldConfig(
+            seed=args.world_seed, n_style_comparisons=preset.judge_style_comparisons)
+    _forget_stale_worlds(out, worlds)
 
     def make_world(path):
-        generator.ensure_world(path, generator.WorldConfig(seed=args.world_seed))
+        generator.ensure_world(path, worlds["world"])
         from nlhf_jax.data.world import cli as world_cli
 
         world_cli.main(["--describe", "--seed", str(args.world_seed)])
 
     stage("world", make_world)
-    if preset.judge_style_comparisons:
-        stage("judge_world", lambda path: generator.ensure_world(path, generator.WorldConfig(
-            seed=args.world_seed, n_style_comparisons=preset.judge_style_comparisons)))
+    if "judge_world" in worlds:
+        stage("judge_world", lambda path: generator.ensure_world(path, worlds["judge_world"]))
     plan, names = stage_plan(args.preset, out, args.world_seed)
     jobs = args.jobs or _auto_jobs()
     if jobs == 1 or args.stop_after:

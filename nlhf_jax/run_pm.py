@@ -115,7 +115,8 @@ def _train(
         pairwise.save_judge_spec(model_dir, encoder, trained_on=os.path.abspath(data.train))
     train_texts = pairwise.read_comparison_texts(
         data.train, splits=data.train_splits, world_dir=data.world_dir, labels=data.labels,
-        max_examples=data.max_train_examples, skip_invalid=data.skip_invalid,
+        max_examples=data.max_train_examples, keep_last=data.keep_last_train,
+        skip_invalid=data.skip_invalid,
     )  # fmt: skip
     dataset = pairwise.comparison_dataset(encoder, train_texts, name=f"{kind}:train")
     logging.info("%d training comparisons from %s", len(dataset), data.train)

@@ -1,5 +1,6 @@
 """The demo's stage scheduler: dependency order, concurrency, failures, resumption."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -201,3 +202,22 @@ def test_printed_stage_command_pastes_into_a_shell(tmp_path, capsys):
     assert line.startswith("+ nlhf train ")
     shown = shlex.split(line[len("+ nlhf train "):])
     assert [a.replace("--gin_file=REPO/", "--gin_file=") for a in args] == shown
+
+
+def test_a_finished_world_of_another_config_is_regenerated(tmp_path, capsys):
+    """An --out whose world/ was finished with another WorldConfig (e.g. before the demo
+    appended style comparisons) loses its DONE mark, so the world stage runs again."""
+    from nlhf_jax.data.world import generator
+
+    tiny = generator.WorldConfig(seed=0, n_sft=(8, 4, 4), n_comparisons=(24, 12, 12), n_prompts_train=4)
+    styled = dataclasses.replace(tiny, n_style_comparisons=4)
+    for name in ("world", "judge_world"):
+        generator.ensure_world(str(tmp_path / name), tiny)
+        demo._mark_done(str(tmp_path / name), 1.0)
+    assert demo._forget_stale_worlds(str(tmp_path), {"world": styled, "judge_world": tiny}) == ["world"]
+    assert not demo._done(str(tmp_path / "world")) and demo._done(str(tmp_path / "judge_world"))
+    assert "[redo] world" in capsys.readouterr().out
+    # Regenerated, the stage is current again and nothing is redone.
+    generator.ensure_world(str(tmp_path / "world"), styled)
+    demo._mark_done(str(tmp_path / "world"), 1.0)
+    assert demo._forget_stale_worlds(str(tmp_path), {"world": styled}) == []

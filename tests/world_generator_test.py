@@ -264,14 +264,25 @@ def test_style_comparisons_are_appended_and_keep_every_other_file(tmp_path, capl
     assert len(records) == 52 and generator.load_config(b) == more
     with pytest.raises(ValueError, match="n_style_comparisons"):
         dataclasses.replace(small, n_style_comparisons=-1)
-    # a cap on the train comparisons keeps a prefix: say what it leaves out
+    # a cap applies to the regular comparisons; the style rows are read in full
     from nlhf_jax.data import pairwise
 
+    def ids(data):
+        texts = pairwise.read_comparison_texts(data.train, max_examples=data.max_train_examples,
+                                               keep_last=data.keep_last_train)  # fmt: skip
+        return texts.ids
+
+    all_ids = [r["id"] for r in records]
+    assert ids(pairwise.world_data(b, max_train_examples=5)) == all_ids[:5] + all_ids[12:]
+    assert ids(pairwise.world_data(b, max_train_examples=100)) == all_ids
+    assert ids(pairwise.world_data(b)) == all_ids
+    # ... unless asked for a prefix of the file: then say what the cap leaves out
     with caplog.at_level(logging.WARNING):
-        pairwise.world_data(b, max_train_examples=20)
+        prefix = pairwise.world_data(b, max_train_examples=20, style_comparisons=False)
+    assert ids(prefix) == all_ids[:20]
     assert "32 of the world's 40 style comparisons" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        pairwise.world_data(b, max_train_examples=52)
-        pairwise.world_data(a, max_train_examples=5)
+        pairwise.world_data(b, max_train_examples=52, style_comparisons=False)
+        assert ids(pairwise.world_data(a, max_train_examples=5)) == all_ids[:5]
     assert "style comparisons" not in caplog.text

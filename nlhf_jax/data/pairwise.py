@@ -376,7 +376,9 @@ class ComparisonData:
         (feature `p_star`), for the metrics against P*.
       labels: "choice" (the human label, 1 if summaries[0] is preferred) or "p_star"
         (soft labels P* from the world; needs world_dir).
-      max_train_examples: use at most this many training comparisons.
+      max_train_examples: use at most this many training comparisons (the first rows).
+      keep_last_train: also use the last this-many rows of the training file whatever
+        the cap (a world's style comparisons, appended last; see `world_data`).
       skip_invalid: skip bad JSONL lines (counted) instead of failing.
     """
 
@@ -388,9 +390,12 @@ class ComparisonData:
     world_dir: Optional[str] = None
     labels: str = "choice"
     max_train_examples: Optional[int] = None
+    keep_last_train: int = 0
     skip_invalid: bool = False
 
     def __post_init__(self):
+        if self.keep_last_train < 0:
+            raise ValueError(f"ComparisonData.keep_last_train={self.keep_last_train} must be >= 0")
         if self.labels not in ("choice", "p_star"):
             raise ValueError(f"ComparisonData.labels={self.labels!r}; expected choice or p_star")
         if self.labels == "p_star" and not self.world_dir:
@@ -399,38 +404,49 @@ class ComparisonData:
 
 def world_data(
     data_dir: Optional[str] = None, seed: int = 0, labels: str = "choice",
-    max_train_examples: Optional[int] = None,
+    max_train_examples: Optional[int] = None, style_comparisons: bool = True,
 ) -> ComparisonData:
     """The embedded world's comparisons (generated on first use): train, valid, vocab.
 
     Args:
       data_dir: the world directory (None: `generator.default_data_dir(seed)`).
       seed: the world's seed (default config otherwise).
-      labels, max_train_examples: see `ComparisonData`.
+      labels: see `ComparisonData`.
+      max_train_examples: use at most this many of the world's regular train comparisons
+        (the first rows of train.jsonl); None: all of them.
+      style_comparisons: also use the world's `WorldConfig.n_style_comparisons` rows
+        (appended after the regular ones), whatever `max_train_examples` is. False: a
+        prefix of the file only, which leaves them out under a cap (logged).
     """
     from nlhf_jax.data.world import generator
 
     data_dir = generator.world_dir(data_dir, seed)
-    _warn_dropped_style_comparisons(data_dir, max_train_examples)
+    config = generator.load_config(data_dir)
+    n_style = config.n_style_comparisons
+    if not style_comparisons or max_train_examples is None or not n_style:
+        _warn_dropped_style_comparisons(data_dir, config, max_train_examples)
+        keep_last = 0
+    else:
+        # The regular rows are capped, the style rows (the file's last) kept in full.
+        max_train_examples = min(max_train_examples, config.n_comparisons[0])
+        keep_last = n_style
     return ComparisonData(
         train=generator.split_path(data_dir, "comparisons", "train"),
         eval=generator.split_path(data_dir, "comparisons", "valid"),
         vocab_path=generator.vocab_path(data_dir),
         world_dir=data_dir, labels=labels, max_train_examples=max_train_examples,
+        keep_last_train=keep_last,
     )  # fmt: skip
 
 
-def _warn_dropped_style_comparisons(data_dir: str, max_train_examples: Optional[int]) -> None:
+def _warn_dropped_style_comparisons(data_dir: str, config, max_train_examples: Optional[int]) -> None:
     """Warns when a cap on the training comparisons cuts off a world's style comparisons.
 
-    `WorldConfig.n_style_comparisons` rows come after the others in train.jsonl, and
-    `max_train_examples` keeps a prefix: a cap below the file's length drops them first.
+    `WorldConfig.n_style_comparisons` rows come after the others in train.jsonl, and a
+    prefix cap below the file's length drops them first.
     """
-    from nlhf_jax.data.world import generator
-
     if max_train_examples is None:
         return
-    config = generator.load_config(data_dir)
     regular = config.n_comparisons[0]
     if config.n_style_comparisons and max_train_examples < regular + config.n_style_comparisons:
         kept = max(0, max_train_examples - regular)
@@ -474,11 +490,17 @@ def read_comparison_texts(
     world_dir: Optional[str] = None,
     labels: str = "choice",
     max_examples: Optional[int] = None,
+    keep_last: int = 0,
     skip_invalid: bool = False,
 ) -> ComparisonTexts:
-    """Reads OpenAI-format comparisons into `ComparisonTexts` (see `ComparisonData`)."""
+    """Reads OpenAI-format comparisons into `ComparisonTexts` (see `ComparisonData`):
+    the first `max_examples` records (all when None) and, after them, the last
+    `keep_last` records not already taken, in file order."""
     records, _ = jsonl.read_comparisons(path, splits=splits, skip_invalid=skip_invalid)
-    records = records[:max_examples] if max_examples else records
+    if max_examples is not None:
+        head = min(max_examples, len(records))
+        tail = max(head, len(records) - keep_last)
+        records = records[:head] + records[tail:]
     if not records:
         raise ValueError(f"{path}: no comparisons (splits={splits})")
     texts = ComparisonTexts(

@@ -322,6 +322,11 @@ def _write_meta(config: WorldConfig, out_dir: str) -> dict[str, str]:
     return hashes
 
 
+def is_current(data_dir: str, config: WorldConfig) -> bool:
+    """Whether `data_dir` holds a generated world of exactly `config`."""
+    return _is_current(data_dir, config)
+
+
 def _is_current(data_dir: str, config: WorldConfig) -> bool:
     try:
         with open(os.path.join(data_dir, WORLD_FILE), encoding="utf-8") as f:
