@@ -503,6 +503,8 @@ def main(argv) -> int:
         stage("sft", lambda p: _train(plan[0], p, repo))
         _run_parallel(plan[1:], out, repo, jobs, timings)
 
+    world_dir = os.path.join(out, "world")
+
     def evaluate(path):
         from nlhf_jax.evaluation import report
 

@@ -221,3 +221,35 @@ def test_a_finished_world_of_another_config_is_regenerated(tmp_path, capsys):
     generator.ensure_world(str(tmp_path / "world"), styled)
     demo._mark_done(str(tmp_path / "world"), 1.0)
     assert demo._forget_stale_worlds(str(tmp_path), {"world": styled}) == []
+
+
+@pytest.mark.parametrize("preset", ["quick", "paper"])
+def test_main_reaches_the_report_with_the_policies_world(preset, tmp_path, monkeypatch, capsys):
+    """`nlhf demo` on an --out whose training stages are finished goes straight to the
+    evaluation and hands the report the policies' world (not the judges' one) and every
+    policy name. (A missing local once crashed the demo here, after all the training.)"""
+    from nlhf_jax.data.world import generator
+    from nlhf_jax.evaluation import report
+
+    out = tmp_path / "out"
+    plan, names = demo.stage_plan(preset, str(out))
+    for name in ["world", "judge_world"] + [st.name for st in plan]:
+        os.makedirs(out / name, exist_ok=True)
+        demo._mark_done(str(out / name), 1.0)
+    monkeypatch.setattr(generator, "is_current", lambda path, config: True)
+    seen = {}
+
+    def fake_report(out_dir, path, policy_names, world_dir, num_prompts, **kwargs):
+        seen.update(out=out_dir, names=list(policy_names), world_dir=world_dir,
+                    num_prompts=num_prompts, **kwargs)
+        os.makedirs(os.path.join(path, "matrix_pstar"))
+        with open(os.path.join(path, "matrix_pstar", "matrix.md"), "w") as f:
+            f.write("| the matrix |\n")
+
+    monkeypatch.setattr(report, "write_demo_report", fake_report)
+    assert demo.main(["--out", str(out), "--preset", preset, "--compile_cache", ""]) == 0
+    assert seen["world_dir"] == str(out / "world")
+    assert seen["names"] == names and seen["preset"] == preset
+    assert seen["num_prompts"] == demo.PRESETS[preset].eval_prompts
+    assert demo._done(str(out / "evaluate"))
+    assert "| the matrix |" in capsys.readouterr().out
