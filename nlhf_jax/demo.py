@@ -74,7 +74,7 @@ class Preset:
 # quick demo's world (`WorldConfig.n_style_comparisons`). 0: the default world. With
 # 20,000 of them and the PM and RM on 20,000 regular comparisons plus those, a full
 # quick demo measured worse judges and no mechanism (PM test accuracy 0.681 against
-# 0.739, still *exhaustive* first, 5 of 6 policies above SFT; docs/results-world.md),
+# 0.769 without them, still *exhaustive* first, 5 of 6 policies above SFT; docs/results-world.md),
 # so the quick preset keeps the default world; the paper preset's judges get the style
 # comparisons (judge_style_comparisons).
 WORLD_STYLE_COMPARISONS = 0
