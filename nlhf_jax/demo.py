@@ -23,8 +23,9 @@ Presets: `quick` (default; under 20 minutes on 2 CPU cores, see docs/results-wor
 and `paper` (the paper's grid of beta and two EMA decays, 300 steps each, plus the
 follow-up paper's online IPO and IPO-MD at the same tau and beta 0.125, Calandriello et
 al. 2024, on the quick preset's SFT but with style-aware judges: PM and RM train on a
-second world, `judge_world`, that adds 30,000 comparisons of two distinct styles, the
-RM for 3,000 steps and the PM for 4,000 from the RM; about 1.5 hours on 2 CPU cores).
+second world, `judge_world`, that adds 30,000 comparisons of two distinct styles: the
+RM as the quick preset's (the style comparisons make a Bradley-Terry RM worse), the PM
+for 4,000 steps from the RM on all of them; about an hour on 2 CPU cores).
 Their step counts and batch sizes are gin files in configs/demo/, applied on top of
 each stage's configs/experiments/ file.
 """
@@ -56,6 +57,8 @@ class Preset:
         distinct styles (`WorldConfig.n_style_comparisons`; every other file of it is
         byte-identical to the policies' world). In the default world such pairs are
         about 2% of the comparisons, too few for a PM to learn the style-level game.
+        Whether a judge uses the style rows is its gin file's choice
+        (`pairwise.world_data.style_comparisons`; the paper preset's RM does not).
       pm_init: the stage whose parameters the PM starts from, "sft" or "rm" (the RM has
         already learned to judge one summary, which the PM's encoder reads).
     """
