@@ -7,14 +7,18 @@
 # style-level diagnostics.
 #   launch/world_learned.sh runs/demo runs/learned [JUDGE_STEPS [POLICY_STEPS]]
 # DEMO_DIR must hold world/ and sft/ (as `make demo` leaves them; the default seed-0
-# world). JUDGE_STEPS defaults to 3000, POLICY_STEPS to 600, STYLE_COMPARISONS (env) to
-# 30000. Why the extra comparisons: the default world's 90,000 pairs compare two faithful
-# summaries of distinct styles too rarely for a PM to learn the style game (see
-# docs/results-world.md). About 90 minutes on 2 CPU cores. DRY_RUN=1 prints the commands
-# without running them.
+# world). The judges are those of `nlhf demo --preset paper`: the RM as the quick demo's
+# (configs/demo/paper_rm.gin: 1,000 steps on the first 32,000 regular comparisons; the
+# style comparisons make a Bradley-Terry RM worse), the PM from the RM for JUDGE_STEPS
+# (default 4000) on every comparison of the style world (configs/demo/paper_pm.gin).
+# POLICY_STEPS defaults to 600, STYLE_COMPARISONS (env) to 30000. Why the extra
+# comparisons: the default world's 90,000 pairs compare two faithful summaries of
+# distinct styles too rarely for a PM to learn the style game (see
+# docs/results-world.md). About 75 minutes on 2 CPU cores. DRY_RUN=1 prints the
+# commands without running them.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then echo "usage: $0 DEMO_DIR OUT_DIR [JUDGE_STEPS [POLICY_STEPS]]" >&2; exit 2; fi
-DEMO=$1; OUT=$2; JUDGE_STEPS=${3:-3000}; STEPS=${4:-600}; STYLE=${STYLE_COMPARISONS:-30000}
+DEMO=$1; OUT=$2; JUDGE_STEPS=${3:-4000}; STEPS=${4:-600}; STYLE=${STYLE_COMPARISONS:-30000}
 NLHF=${NLHF:-nlhf}
 for need in "$DEMO/world/world.json" "$DEMO/sft/model_config.json"; do
   [[ -e "$need" || "${DRY_RUN:-0}" == 1 ]] || { echo "$0: missing $need (run make demo first)" >&2; exit 2; }
@@ -25,9 +29,11 @@ show_and_run() {
   echo "+ $(printf "%q " "$@")"
   [[ "${DRY_RUN:-0}" == 1 ]] || "$@"
 }
-judge() {  # KIND (pm or rm)
-  show_and_run "$NLHF" train "--gin_file=configs/experiments/world_$1.gin" "--gin.MODEL_DIR='$OUT/$1'" \
-    "--gin.INITIAL_CHECKPOINT='$DEMO/sft'" "--gin.NUM_STEPS=$JUDGE_STEPS" \
+judge() {  # KIND (pm or rm) INITIAL_CHECKPOINT [MORE_FLAGS...]
+  local kind=$1 init=$2; shift 2
+  show_and_run "$NLHF" train "--gin_file=configs/experiments/world_$kind.gin" \
+    "--gin_file=configs/demo/paper_$kind.gin" "--gin.MODEL_DIR='$OUT/$kind'" \
+    "--gin.INITIAL_CHECKPOINT='$init'" "$@" \
     "--gin_bindings=pairwise.world_data.data_dir = '$JUDGE_WORLD'"
 }
 policy() {  # NAME ALGORITHM JUDGE_DIR TAU
@@ -38,8 +44,8 @@ policy() {  # NAME ALGORITHM JUDGE_DIR TAU
     "--gin_bindings=describe.StyleMonitor.data_dir = '$WORLD'"
 }
 show_and_run "$NLHF" world --generate --out "$JUDGE_WORLD" --n-style-comparisons "$STYLE"
-judge rm
-judge pm
+judge rm "$DEMO/sft"
+judge pm "$OUT/rm" "--gin.NUM_STEPS=$JUDGE_STEPS"
 policy nash_md nash_md "$OUT/pm" 0.02
 policy online_ipo online_ipo "$OUT/pm" 0.02
 policy ipo_md ipo_md "$OUT/pm" 0.02

@@ -125,10 +125,17 @@ def test_world_learned_launcher_commands_parse(tmp_path):
     assert [c[1] for c in commands] == ["world"] + ["train"] * 8 + ["evaluate"]
     assert commands[0][-2:] == ["--n-style-comparisons", "30000"]
     world_cli._parser().parse_args(commands[0][2:])
-    for cmd in commands[1:3]:  # RM, PM
+    # The paper preset's judges: the RM without the style rows (1,000 steps from SFT),
+    # the PM from the RM on every row (4,000 steps).
+    for cmd, steps, init, cap in ((commands[1], 1000, f"{demo}/sft", 32000),
+                                  (commands[2], 4000, f"{out}/rm", None)):
         _parse_train_command(cmd)
         assert gin.query_parameter("pairwise.world_data.data_dir") == f"{out}/world_style"
-        assert gin.query_parameter("%NUM_STEPS") == 3000
+        assert gin.query_parameter("%NUM_STEPS") == steps
+        assert gin.query_parameter("%INITIAL_CHECKPOINT") == init
+        assert gin.query_parameter("pairwise.world_data.max_train_examples") == cap
+        if cap is not None:
+            assert gin.query_parameter("pairwise.world_data.style_comparisons") is False
         gin.clear_config()
     taus = []
     for cmd in commands[3:9]:
