@@ -276,6 +276,11 @@ def test_style_comparisons_are_appended_and_keep_every_other_file(tmp_path, capl
     assert ids(pairwise.world_data(b, max_train_examples=5)) == all_ids[:5] + all_ids[12:]
     assert ids(pairwise.world_data(b, max_train_examples=100)) == all_ids
     assert ids(pairwise.world_data(b)) == all_ids
+    assert ids(pairwise.world_data(b, max_train_examples=0)) == all_ids[12:]  # the style rows only
+    with pytest.raises(ValueError, match="keeps only the style comparisons.*has none"):
+        pairwise.world_data(a, max_train_examples=0)
+    with pytest.raises(ValueError, match="keeps only the style comparisons.*style_comparisons=False"):
+        pairwise.world_data(b, max_train_examples=0, style_comparisons=False)
     # ... unless asked for a prefix of the file: then say what the cap leaves out
     with caplog.at_level(logging.WARNING):
         prefix = pairwise.world_data(b, max_train_examples=20, style_comparisons=False)

@@ -413,7 +413,8 @@ def world_data(
       seed: the world's seed (default config otherwise).
       labels: see `ComparisonData`.
       max_train_examples: use at most this many of the world's regular train comparisons
-        (the first rows of train.jsonl); None: all of them.
+        (the first rows of train.jsonl); None: all of them; 0: only the style
+        comparisons (the PM style fine-tune, configs/experiments/world_pm_style.gin).
       style_comparisons: also use the world's `WorldConfig.n_style_comparisons` rows
         (appended after the regular ones), whatever `max_train_examples` is. False: a
         prefix of the file only, which leaves them out under a cap (logged).
@@ -423,6 +424,11 @@ def world_data(
     data_dir = generator.world_dir(data_dir, seed)
     config = generator.load_config(data_dir)
     n_style = config.n_style_comparisons
+    if max_train_examples == 0 and not (style_comparisons and n_style):
+        raise ValueError(
+            f"{data_dir}: max_train_examples=0 keeps only the style comparisons, but "
+            + ("style_comparisons=False" if n_style else "this world has none (n_style_comparisons=0 "
+               "in its world.json; generate one with `nlhf world --generate --n-style-comparisons N`)"))
     if not style_comparisons or max_train_examples is None or not n_style:
         _warn_dropped_style_comparisons(data_dir, config, max_train_examples)
         keep_last = 0
