@@ -10,11 +10,13 @@
 # world). The judges are those of `nlhf demo --preset paper`: the RM as the quick demo's
 # (configs/demo/paper_rm.gin: 1,000 steps on the first 32,000 regular comparisons; the
 # style comparisons make a Bradley-Terry RM worse), the PM from the RM for JUDGE_STEPS
-# (default 4000) on every comparison of the style world (configs/demo/paper_pm.gin).
+# (default 4000) on every comparison of the style world (configs/demo/paper_pm.gin),
+# then that PM fine-tuned on the style comparisons alone
+# (configs/experiments/world_pm_style.gin, 2,000 steps), which the NLHF policies use.
 # POLICY_STEPS defaults to 600, STYLE_COMPARISONS (env) to 30000. Why the extra
 # comparisons: the default world's 90,000 pairs compare two faithful summaries of
 # distinct styles too rarely for a PM to learn the style game (see
-# docs/results-world.md). About 75 minutes on 2 CPU cores. DRY_RUN=1 prints the
+# docs/results-world.md). About 90 minutes on 2 CPU cores. DRY_RUN=1 prints the
 # commands without running them.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then echo "usage: $0 DEMO_DIR OUT_DIR [JUDGE_STEPS [POLICY_STEPS]]" >&2; exit 2; fi
@@ -46,12 +48,14 @@ policy() {  # NAME ALGORITHM JUDGE_DIR TAU
 show_and_run "$NLHF" world --generate --out "$JUDGE_WORLD" --n-style-comparisons "$STYLE"
 judge rm "$DEMO/sft"
 judge pm "$OUT/rm" "--gin.NUM_STEPS=$JUDGE_STEPS"
-policy nash_md nash_md "$OUT/pm" 0.02
-policy online_ipo online_ipo "$OUT/pm" 0.02
-policy ipo_md ipo_md "$OUT/pm" 0.02
+show_and_run "$NLHF" train "--gin_file=configs/experiments/world_pm_style.gin" "--gin.MODEL_DIR='$OUT/pm_style'" \
+  "--gin.INITIAL_CHECKPOINT='$OUT/pm'" "--gin_bindings=pairwise.world_data.data_dir = '$JUDGE_WORLD'"
+policy nash_md nash_md "$OUT/pm_style" 0.02
+policy online_ipo online_ipo "$OUT/pm_style" 0.02
+policy ipo_md ipo_md "$OUT/pm_style" 0.02
 for tau in 0.05 0.1 0.2; do policy "rlhf_tau$tau" rlhf "$OUT/rm" "$tau"; done
 show_and_run "$NLHF" evaluate --policy "sft=$DEMO/sft" --policy "nash_md=$OUT/nash_md" \
   --policy "online_ipo=$OUT/online_ipo" --policy "ipo_md=$OUT/ipo_md" \
   --policy "rlhf_tau0.05=$OUT/rlhf_tau0.05" --policy "rlhf_tau0.1=$OUT/rlhf_tau0.1" \
   --policy "rlhf_tau0.2=$OUT/rlhf_tau0.2" --judge world --world_dir "$WORLD" --num_prompts 1000 \
-  --judge_diagnostics "$OUT/pm,$OUT/rm" --tau_nash 0.02 --tau_rlhf 0.05 --out "$OUT/evaluate"
+  --judge_diagnostics "$OUT/pm_style,$OUT/rm" --tau_nash 0.02 --tau_rlhf 0.05 --out "$OUT/evaluate"

@@ -122,7 +122,7 @@ def test_world_learned_launcher_commands_parse(tmp_path):
 
     demo, out = str(tmp_path / "demo"), str(tmp_path / "learned")
     commands = _dry_run("launch/world_learned.sh", demo, out)
-    assert [c[1] for c in commands] == ["world"] + ["train"] * 8 + ["evaluate"]
+    assert [c[1] for c in commands] == ["world"] + ["train"] * 9 + ["evaluate"]
     assert commands[0][-2:] == ["--n-style-comparisons", "30000"]
     world_cli._parser().parse_args(commands[0][2:])
     # The paper preset's judges: the RM without the style rows (1,000 steps from SFT),
@@ -137,17 +137,25 @@ def test_world_learned_launcher_commands_parse(tmp_path):
         if cap is not None:
             assert gin.query_parameter("pairwise.world_data.style_comparisons") is False
         gin.clear_config()
+    # then the PM's fine-tune on the style comparisons alone, which the NLHF policies use
+    _parse_train_command(commands[3])
+    assert gin.query_parameter("%INITIAL_CHECKPOINT") == f"{out}/pm"
+    assert gin.query_parameter("pairwise.world_data.data_dir") == f"{out}/world_style"
+    assert gin.query_parameter("pairwise.world_data.max_train_examples") == 0
+    assert gin.query_parameter("%NUM_STEPS") == 2000
+    gin.clear_config()
     taus = []
-    for cmd in commands[3:9]:
+    for cmd in commands[4:10]:
         _parse_train_command(cmd)
         assert gin.query_parameter("arrays.world_prompts.data_dir") == f"{demo}/world"
         taus.append(gin.query_parameter("%TAU"))
         judge = gin.query_parameter("%JUDGE_DIR")
-        assert judge == (f"{out}/rm" if "world_rlhf" in cmd[2] else f"{out}/pm")
+        assert judge == (f"{out}/rm" if "world_rlhf" in cmd[2] else f"{out}/pm_style")
         gin.clear_config()
     assert taus == [0.02, 0.02, 0.02, 0.05, 0.1, 0.2]
-    assert "--judge_diagnostics" in commands[9]
-    run_evaluate._parser().parse_args(commands[9][2:])
+    assert "--judge_diagnostics" in commands[10]
+    assert f"{out}/pm_style,{out}/rm" in commands[10]
+    run_evaluate._parser().parse_args(commands[10][2:])
 
 
 def test_world_mixture_launcher_commands_parse(tmp_path):
