@@ -6,6 +6,7 @@ its own directory under `--out` (default `runs/demo`):
   world          generate the world and its vocabulary (seeded; cached)
   sft            supervised fine-tuning -> the initial policy and the reference mu
   pm, rm         preference model P(y > y' | x) and Bradley-Terry reward model
+  pm_style       (paper preset) the PM trained further on distinct-style comparisons
   rlhf           REINFORCE on the RM with KL to mu (the baseline)
   self_play      Nash-MD-PG, beta = 0
   nash_md        Nash-MD-PG, beta = 0.125 (the paper's choice)
@@ -25,7 +26,9 @@ follow-up paper's online IPO and IPO-MD at the same tau and beta 0.125, Calandri
 al. 2024, on the quick preset's SFT but with style-aware judges: PM and RM train on a
 second world, `judge_world`, that adds 30,000 comparisons of two distinct styles: the
 RM as the quick preset's (the style comparisons make a Bradley-Terry RM worse), the PM
-for 4,000 steps from the RM on all of them; about an hour on 2 CPU cores).
+for 4,000 steps from the RM on all of them, then `pm_style`, 2,000 more steps of that
+PM on the style comparisons alone, which the NLHF policies train against; about an hour
+and a half on 2 CPU cores).
 Their step counts and batch sizes are gin files in configs/demo/, applied on top of
 each stage's configs/experiments/ file.
 """
@@ -61,6 +64,10 @@ class Preset:
         (`pairwise.world_data.style_comparisons`; the paper preset's RM does not).
       pm_init: the stage whose parameters the PM starts from, "sft" or "rm" (the RM has
         already learned to judge one summary, which the PM's encoder reads).
+      pm_style_gin: when set, a `pm_style` stage trains the finished PM further with this
+        experiment file on the judge world's distinct-style comparisons alone (the PM
+        style fine-tune, configs/experiments/world_pm_style.gin), and the NLHF policies,
+        the P_tau matrix and the judge diagnostics use that PM instead of `pm`.
     """
 
     policy_gin: str
@@ -71,6 +78,12 @@ class Preset:
     rm_gin: str = "configs/demo/rm.gin"
     judge_style_comparisons: int = 0
     pm_init: str = "sft"
+    pm_style_gin: Optional[str] = None
+
+    @property
+    def policy_pm(self) -> str:
+        """The stage whose PM the NLHF policies train against (and the report judges with)."""
+        return "pm_style" if self.pm_style_gin else "pm"
 
 
 # Comparisons of two reference-quality summaries in distinct styles appended to the
@@ -101,6 +114,7 @@ PRESETS = {
         rm_gin="configs/demo/paper_rm.gin",
         judge_style_comparisons=30000,
         pm_init="rm",
+        pm_style_gin="configs/experiments/world_pm_style.gin",
         policies=(("rlhf", "rlhf", ()),)
         + tuple((f"nash_md_{b:g}", "nash_md", (f"BETA = {b}",))
                 for b in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0))
@@ -386,12 +400,18 @@ def stage_plan(preset_name: str, out: str, world_seed: int = 0) -> tuple[list, l
                     (judge_data, f"INITIAL_CHECKPOINT = '{sft_dir}'"), ("sft",)))
     # The RM first when the PM needs it, so a sequential run meets its dependencies.
     plan += list(judges[::-1] if preset.pm_init == "rm" else judges)
+    if preset.pm_style_gin:
+        if not preset.judge_style_comparisons:
+            raise ValueError(f"preset {preset_name!r}: pm_style_gin trains on the judge world's style "
+                             "comparisons; set judge_style_comparisons > 0")
+        plan.append(Stage("pm_style", (preset.pm_style_gin,),
+                          (judge_data, f"INITIAL_CHECKPOINT = '{os.path.join(out, 'pm')}'"), ("pm",)))
     policy_inputs = seed + (f"SFT_DIR = '{sft_dir}'", f"arrays.world_prompts.data_dir = '{world_dir}'",
                             f"vocab.world_vocabulary.data_dir = '{world_dir}'",
                             f"describe.StyleMonitor.data_dir = '{world_dir}'")
     names = ["sft"]
     for name, algorithm, extra in preset.policies:
-        judge = "rm" if algorithm == "rlhf" else "pm"
+        judge = "rm" if algorithm == "rlhf" else preset.policy_pm
         plan.append(Stage(name, (f"configs/experiments/world_{algorithm}.gin", preset.policy_gin),
                           policy_inputs + tuple(extra) + (f"JUDGE_DIR = '{os.path.join(out, judge)}'",),
                           ("sft", judge)))
@@ -512,7 +532,7 @@ def main(argv) -> int:
 
         report.write_demo_report(out, path, names, world_dir, preset.eval_prompts,
                                  tau=0.008, timings=timings, preset=args.preset,
-                                 ptau_prompts=preset.ptau_prompts)
+                                 ptau_prompts=preset.ptau_prompts, pm_name=preset.policy_pm)
 
     stage("evaluate", evaluate)
     total = time.time() - t_start

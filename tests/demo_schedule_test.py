@@ -38,10 +38,29 @@ def test_paper_preset_judges_read_the_style_world_and_the_pm_starts_from_the_rm(
     assert f"INITIAL_CHECKPOINT = '{tmp_path / 'sft'}'" in by_name["rm"].bindings
     # The policies sample prompts from the default world, not the judges'.
     assert f"arrays.world_prompts.data_dir = '{tmp_path / 'world'}'" in by_name["nash_md_0.125"].bindings
+    # The PM style fine-tune starts from the finished PM, on the judge world; the NLHF
+    # policies train against it, RLHF against the RM.
+    style = by_name["pm_style"]
+    assert style.needs == ("pm",) and style.gin_files == ("configs/experiments/world_pm_style.gin",)
+    assert judge_world in style.bindings and f"INITIAL_CHECKPOINT = '{tmp_path / 'pm'}'" in style.bindings
+    names = [stage.name for stage in plan]
+    assert names.index("pm_style") > names.index("pm")
+    for stage in plan[4:]:
+        judge = "rm" if stage.name == "rlhf" else "pm_style"
+        assert stage.needs == ("sft", judge), stage.name
+        assert f"JUDGE_DIR = '{tmp_path / judge}'" in stage.bindings, stage.name
     # The quick preset: one world, both judges from SFT.
     quick = {stage.name: stage for stage in demo.stage_plan("quick", str(tmp_path))[0]}
     assert f"pairwise.world_data.data_dir = '{tmp_path / 'world'}'" in quick["pm"].bindings
     assert f"INITIAL_CHECKPOINT = '{tmp_path / 'sft'}'" in quick["pm"].bindings
+    assert "pm_style" not in quick and f"JUDGE_DIR = '{tmp_path / 'pm'}'" in quick["nash_md"].bindings
+
+
+def test_a_pm_style_stage_needs_a_style_world(tmp_path, monkeypatch):
+    bad = dataclasses.replace(demo.PRESETS["paper"], judge_style_comparisons=0)
+    monkeypatch.setitem(demo.PRESETS, "bad", bad)
+    with pytest.raises(ValueError, match="'bad'.*judge_style_comparisons"):
+        demo.stage_plan("bad", str(tmp_path))
 
 
 def test_cpu_groups_are_disjoint_and_cover_an_even_split():
@@ -186,7 +205,7 @@ def test_every_stage_config_parses_with_its_bindings(preset, tmp_path):
         bindings = list(stage.bindings) + [f"MODEL_DIR = '{tmp_path / stage.name}'"]
         gin_setup.parse_gin(list(stage.gin_files), bindings, [gin_setup.REPO_ROOT])
         gin_setup.check_required()
-        if stage.name not in ("sft", "pm", "rm"):  # the world policies log their style shares
+        if stage.name not in ("sft", "pm", "rm", "pm_style"):  # the world policies log their style shares
             assert gin.query_parameter("describe.StyleMonitor.data_dir") == str(tmp_path / "world")
         gin.clear_config()
 
@@ -250,6 +269,7 @@ def test_main_reaches_the_report_with_the_policies_world(preset, tmp_path, monke
     assert demo.main(["--out", str(out), "--preset", preset, "--compile_cache", ""]) == 0
     assert seen["world_dir"] == str(out / "world")
     assert seen["names"] == names and seen["preset"] == preset
+    assert seen["pm_name"] == {"quick": "pm", "paper": "pm_style"}[preset]
     assert seen["num_prompts"] == demo.PRESETS[preset].eval_prompts
     assert demo._done(str(out / "evaluate"))
     assert "| the matrix |" in capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_demo_stages_parse_with_their_bindings(preset, tmp_path):
 
     plan, names = demo.stage_plan(preset, str(tmp_path))
     assert plan[0].name == "sft" and {stage.name for stage in plan[1:3]} == {"pm", "rm"} and names[0] == "sft"
-    assert len(plan) == 3 + len(demo.PRESETS[preset].policies)
+    assert len(plan) == 3 + (preset == "paper") + len(demo.PRESETS[preset].policies)
     for stage in plan:
         gin_setup.parse_gin([os.path.join(REPO, g) for g in stage.gin_files],
                             list(stage.bindings) + [f"MODEL_DIR = '{tmp_path / stage.name}'"])

@@ -128,7 +128,8 @@ def _first(s: sampling.PolicySamples, n: int) -> sampling.PolicySamples:
 
 
 def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: str, num_prompts: int,
-                      tau: float, timings: dict, preset: str, ptau_prompts: Optional[int] = None) -> str:
+                      tau: float, timings: dict, preset: str, ptau_prompts: Optional[int] = None,
+                      pm_name: str = "pm") -> str:
     """Evaluates a finished demo and writes `<eval_dir>/report.md` (and report.json).
 
     Args:
@@ -137,6 +138,9 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
       num_prompts: held-out prompts for the P* matrix (one sample per policy each).
       ptau_prompts: the first this many of them for the P_tau matrix (None: all). P_tau
         runs the PM on every pair of policies, most of the evaluation's time.
+      pm_name: the directory under `out` of the PM the NLHF policies trained against
+        ("pm", or "pm_style" after the PM style fine-tune): P_tau, the judge tables and
+        the style-level diagnostics use it.
     """
     from nlhf_jax import judges
     from nlhf_jax.data.world import describe, generator
@@ -149,14 +153,14 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     md_pstar = tables.write_outputs(os.path.join(eval_dir, "matrix_pstar"), list(names), pstar,
                                     "world raters P*", {"decoding": cfg.__dict__, "num_prompts": len(prompts)})
     progress("P* matrix")
-    pm = judges.load_judge(os.path.join(out, "pm"))
+    pm = judges.load_judge(os.path.join(out, pm_name))
     n_tau = len(prompts) if ptau_prompts is None else min(ptau_prompts, len(prompts))
     ptau = stats.ptau_cells([_first(s, n_tau) for s in samples], prompts[:n_tau], pm.prob, tau)
     progress(f"P_tau matrix ({n_tau} prompts)")
     md_ptau = tables.write_outputs(os.path.join(eval_dir, "matrix_ptau"), list(names), ptau,
                                    f"P_tau: preference model with KL terms, tau = {tau}",
                                    {"decoding": cfg.__dict__, "num_prompts": n_tau})
-    judges_md, judge_numbers = judge_section(out, world_dir, samples, prompts, world, ids)
+    judges_md, judge_numbers = judge_section(out, world_dir, samples, prompts, world, ids, pm_name=pm_name)
     progress("PM and RM on the test comparisons and on shifted pairs")
     st_md, st = tables.style_table(samples, world_dir, (0.01, 0.02, 0.05, 0.1))
     q_md, quality = tables.quality_table(samples, world_dir, posts)
@@ -294,10 +298,12 @@ def _report_markdown(preset: str, n_posts: int, n_tau: int, *, findings: list[st
     ])
 
 
-def judge_section(out: str, world_dir: str, samples, prompts, world, ids=None) -> tuple[str, dict]:
+def judge_section(out: str, world_dir: str, samples, prompts, world, ids=None,
+                  pm_name: str = "pm") -> tuple[str, dict]:
     """PM and RM on the test comparisons, both on shifted pairs, and the SFT policy's
     samples against the reference summaries, all under P* (markdown, numbers).
-    `prompts`: the held-out prompt texts the samples answer."""
+    `prompts`: the held-out prompt texts the samples answer; `pm_name`: the directory
+    under `out` of the PM the policies trained against."""
     from nlhf_jax import judges
     from nlhf_jax.data import pairwise
     from nlhf_jax.data.world import generator
@@ -309,17 +315,18 @@ def judge_section(out: str, world_dir: str, samples, prompts, world, ids=None) -
     test_path = generator.split_path(world_dir, "comparisons", "test")
     kinds = judges.world_pair_kinds(test_path)
     kind_rows = []
-    for name in ("pm", "rm"):
+    for name, stage in (("pm", pm_name), ("rm", "rm")):
         probs: list = []
-        m = judges.evaluate_texts(judges.load_judge(os.path.join(out, name)), texts, probs)
+        m = judges.evaluate_texts(judges.load_judge(os.path.join(out, stage)), texts, probs)
         numbers[f"{name}_test"] = m
         by_kind = judges.breakdown(probs[0], texts.labels, texts.p_star, kinds)
         numbers[f"{name}_by_kind"] = by_kind
         kind_rows.append(by_kind)
-        rows.append(f"| {name.upper()} | {m['accuracy']:.3f} | {m['bayes_accuracy']:.3f} | "
+        label = name.upper() if stage == name else f"{name.upper()} (`{stage}`)"
+        rows.append(f"| {label} | {m['accuracy']:.3f} | {m['bayes_accuracy']:.3f} | "
                     f"{m['expected_accuracy']:.3f} | {m['bayes_expected_accuracy']:.3f} | "
                     f"{m['bayes_agreement']:.3f} | {m['pstar_logloss']:.3f} | {m['pstar_entropy']:.3f} |")
-    shift = judges.world_shift_report(os.path.join(out, "pm"), os.path.join(out, "rm"), world_dir)
+    shift = judges.world_shift_report(os.path.join(out, pm_name), os.path.join(out, "rm"), world_dir)
     numbers["shift"] = shift
     # The SFT policy's samples (drawn above) against each post's reference summary.
     sft = next((s for s in samples if s.name == "sft"), None)
