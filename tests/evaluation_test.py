@@ -88,7 +88,7 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
              "nash_ema_0.999", "nash_ema_0.999*"]
     strength = {"sft": 0.0, "rlhf": 2.0, "nash_md_0": 2.1, "nash_md_0.125": 2.5, "nash_md_0.5": 2.2,
                 "nash_md_1": 1.0, "nash_ema_0.999": 1.5, "nash_ema_0.999*": 1.4}
-    got = {f: (ok, nums) for f, ok, nums in report.paper_findings(_matrix(names, strength), names, betas)}
+    got = {f.text: (f.holds, f.numbers) for f in report.paper_findings(_matrix(names, strength), names, betas)}
     assert len(got) == 8
     assert got["every trained policy beats SFT (lower bound > 0.5)"][0]
     assert not got["RLHF has the highest win rate against SFT"][0]  # nash_md_0.125 is
@@ -100,11 +100,46 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
     assert "beta 0.5: 0.550" in got["win rate against RLHF is single-peaked in beta"][1]
     # Break the pattern: a second peak at beta = 1, and RLHF on top.
     strength.update({"nash_md_1": 2.3, "rlhf": 3.0})
-    got = {f: ok for f, ok, _ in report.paper_findings(_matrix(names, strength), names, betas)}
+    got = {f.text: f.holds for f in report.paper_findings(_matrix(names, strength), names, betas)}
     assert got["RLHF has the highest win rate against SFT"]
     assert not got["win rate against RLHF is single-peaked in beta"]
     assert not got["Nash-MD-PG with beta = 0.125 beats RLHF head to head (lower bound > 0.5)"]
     assert not got["best response over-optimises: it loses to RLHF and has the lowest win rate against SFT"]
+
+
+def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_went():
+    from nlhf_jax.data.world import game
+    from nlhf_jax.evaluation import report
+
+    betas = [0.0, 0.125, 0.5, 1.0]
+    names = ["sft", "rlhf", "nash_md_0", "nash_md_0.125", "nash_md_0.5", "nash_md_1"]
+    # The grid level (a tie within the noise), RLHF below it, everything far above SFT.
+    strength = {"sft": 0.0, "rlhf": 1.5, "nash_md_0": 2.0, "nash_md_0.125": 2.0, "nash_md_0.5": 2.0,
+                "nash_md_1": 2.0}
+    cells = _matrix(names, strength)
+    found = {f.text: f for f in report.paper_findings(cells, names, betas)}
+    small = found["a small mixture weight (0 < beta <= 0.375) beats self-play and best response"]
+    assert not small.holds and small.cells == (("nash_md_0", "nash_md_0.125"), ("nash_md_1", "nash_md_0.125"))
+    styles = {"rlhf": [0.1, 0.85, 0.05, 0.0, 0.0], "nash_md_0.125": [0.03, 0.95, 0.02, 0.0, 0.0],
+              "nash_md_0": [0.02, 0.96, 0.02, 0.0, 0.0], "nash_md_1": [0.9, 0.1, 0.0, 0.0, 0.0]}
+    quality = {"nash_md_0.125": {"repeated": 0.42, "quality": 2.33}}
+    why = report.why_not(small, cells, styles, quality)
+    assert why.startswith("ties at 95% (2 of 2 deciding cells): nash_md_0.125 vs nash_md_0 0.500 [")
+    assert "*exhaustive* first (95%-96%): nash_md_0.125 (repeated words 42%, quality 2.33), nash_md_0;" in why
+    assert why.endswith("*concise* first (90%): nash_md_1")
+    # The RLHF finding also gets P*'s own style-level answer at the trained taus.
+    rl = found["RLHF has the highest win rate against SFT"]
+    pred = game.MixedPrediction(tau_nash=0.02, tau_rlhf=0.05, nash=np.zeros(4), rlhf=np.zeros(4),
+                                nash_vs_rlhf=0.63, nash_vs_sft=0.7, rlhf_vs_sft=0.6)
+    assert report.why_not(rl, cells, styles, quality, pred).endswith(
+        "RLHF(tau 0.05) vs SFT 0.600, Nash(tau 0.02) vs SFT 0.700")
+    # A finding that holds has nothing to explain in the section; one that fails has.
+    md = report._paper_findings_markdown(cells, names, styles, quality, pred)
+    row = next(line for line in md.splitlines() if line.startswith("| a small mixture"))
+    assert row.endswith(why + " |") and "| **no** |" in row
+    row = next(line for line in md.splitlines() if line.startswith("| every trained policy"))
+    assert row.endswith("| yes | 5/5; rlhf 0.818, nash_md_0 0.881, nash_md_0.125 0.881, nash_md_0.5 0.881, "
+                        "nash_md_1 0.881 |  |")
 
 
 def test_ptau_cells_mirror_an_antisymmetric_judge_exactly():

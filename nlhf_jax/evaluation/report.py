@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -68,7 +68,25 @@ def _fmt(c) -> str:
     return f"{c.mean:.3f} [{c.lo:.2f}, {c.hi:.2f}]"
 
 
-def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) -> list[tuple[str, bool, str]]:
+class Finding(NamedTuple):
+    """One of the paper's findings checked on a win-rate matrix.
+
+    Attributes:
+      text: the finding.
+      holds: whether the matrix shows it.
+      numbers: the cells that decide it, formatted.
+      cells: the deciding comparisons, ((row, column), ...) keys of the matrix.
+      policies: the policies it is about (for the report's explanation).
+    """
+
+    text: str
+    holds: bool
+    numbers: str
+    cells: tuple = ()
+    policies: tuple = ()
+
+
+def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) -> list[Finding]:
     """The paper's qualitative findings (its Table 1 and section 8), checked on a matrix.
 
     Args:
@@ -79,7 +97,7 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
         (0.125), betas[0] = 0 is self-play and betas[-1] = 1 best response.
 
     Returns:
-      [(finding, holds, the numbers)], one per finding.
+      One `Finding` per finding.
     """
     md = [f"nash_md_{b:g}" for b in betas]
     sp, md1, br = md[0], md[1], md[-1]
@@ -87,37 +105,92 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     vs_sft = {n: cells[("sft", n)] for n in trained}
     out = []
     beaten = [n for n in trained if vs_sft[n].lo > 0.5]
-    out.append(("every trained policy beats SFT (lower bound > 0.5)", len(beaten) == len(trained),
-                f"{len(beaten)}/{len(trained)}; " + ", ".join(f"{n} {vs_sft[n].mean:.3f}" for n in trained)))
+    out.append(Finding("every trained policy beats SFT (lower bound > 0.5)", len(beaten) == len(trained),
+                       f"{len(beaten)}/{len(trained)}; " + ", ".join(f"{n} {vs_sft[n].mean:.3f}" for n in trained),
+                       tuple(("sft", n) for n in trained if n not in beaten),
+                       tuple(n for n in trained if n not in beaten)))
     best = max(trained, key=lambda n: vs_sft[n].mean)
-    out.append(("RLHF has the highest win rate against SFT", best == "rlhf",
-                f"RLHF {_fmt(vs_sft['rlhf'])}; highest {best} {vs_sft[best].mean:.3f}"))
+    out.append(Finding("RLHF has the highest win rate against SFT", best == "rlhf",
+                       f"RLHF {_fmt(vs_sft['rlhf'])}; highest {best} {vs_sft[best].mean:.3f}",
+                       (("sft", "rlhf"), ("sft", best)), tuple(dict.fromkeys(("rlhf", best)))))
     vs_rlhf = [cells[("rlhf", n)].mean for n in md]
     peak = int(np.argmax(vs_rlhf))
     single = all(a <= b for a, b in zip(vs_rlhf[:peak], vs_rlhf[1:peak + 1])) and all(
         a >= b for a, b in zip(vs_rlhf[peak:], vs_rlhf[peak + 1:]))
-    out.append(("win rate against RLHF is single-peaked in beta", single,
-                ", ".join(f"beta {b:g}: {v:.3f}" for b, v in zip(betas, vs_rlhf))))
+    out.append(Finding("win rate against RLHF is single-peaked in beta", single,
+                       ", ".join(f"beta {b:g}: {v:.3f}" for b, v in zip(betas, vs_rlhf)),
+                       tuple(("rlhf", n) for n in md), tuple(md)))
     c = cells[("rlhf", md1)]
-    out.append((f"Nash-MD-PG with beta = {betas[1]:g} beats RLHF head to head (lower bound > 0.5)",
-                c.lo > 0.5, _fmt(c)))
+    out.append(Finding(f"Nash-MD-PG with beta = {betas[1]:g} beats RLHF head to head (lower bound > 0.5)",
+                       c.lo > 0.5, _fmt(c), (("rlhf", md1),), (md1, "rlhf")))
     small = [m for m, b in zip(md, betas) if 0 < b <= 0.375]
     wins = {(m, o): cells[(o, m)] for m in small for o in (sp, br)}
-    out.append(("a small mixture weight (0 < beta <= 0.375) beats self-play and best response",
-                all(v.mean > 0.5 for v in wins.values()),
-                "; ".join(f"{m} vs {o} {v.mean:.3f}" for (m, o), v in wins.items())))
+    out.append(Finding("a small mixture weight (0 < beta <= 0.375) beats self-play and best response",
+                       all(v.mean > 0.5 for v in wins.values()),
+                       "; ".join(f"{m} vs {o} {v.mean:.3f}" for (m, o), v in wins.items()),
+                       tuple((o, m) for (m, o), v in wins.items() if v.mean <= 0.5), tuple(small) + (sp, br)))
     others = [n for n in trained if n != md1]
-    out.append((f"{md1} beats every other policy head to head", all(cells[(o, md1)].mean > 0.5 for o in others),
-                ", ".join(f"vs {o} {cells[(o, md1)].mean:.3f}" for o in others)))
+    lost = [o for o in others if cells[(o, md1)].mean <= 0.5]
+    out.append(Finding(f"{md1} beats every other policy head to head", not lost,
+                       ", ".join(f"vs {o} {cells[(o, md1)].mean:.3f}" for o in others),
+                       tuple((o, md1) for o in lost), (md1,) + tuple(lost)))
     c = cells[("rlhf", br)]
-    out.append(("best response over-optimises: it loses to RLHF and has the lowest win rate against SFT",
-                c.mean < 0.5 and min(trained, key=lambda n: vs_sft[n].mean) == br,
-                f"best response vs RLHF {_fmt(c)}; vs SFT {vs_sft[br].mean:.3f}"))
+    worst = min(trained, key=lambda n: vs_sft[n].mean)
+    out.append(Finding("best response over-optimises: it loses to RLHF and has the lowest win rate against SFT",
+                       c.mean < 0.5 and worst == br,
+                       f"best response vs RLHF {_fmt(c)}; vs SFT {vs_sft[br].mean:.3f}",
+                       (("rlhf", br), ("sft", br)), tuple(dict.fromkeys((br, "rlhf", worst)))))
     emas = [n for n in trained if n.startswith("nash_ema")]
     if emas:
-        out.append((f"EMA variants trail Nash-MD-PG ({md1} beats each)", all(cells[(e, md1)].mean > 0.5 for e in emas),
-                    ", ".join(f"{md1} vs {e} {cells[(e, md1)].mean:.3f}" for e in emas)))
+        trailing = [e for e in emas if cells[(e, md1)].mean <= 0.5]
+        out.append(Finding(f"EMA variants trail Nash-MD-PG ({md1} beats each)", not trailing,
+                           ", ".join(f"{md1} vs {e} {cells[(e, md1)].mean:.3f}" for e in emas),
+                           tuple((e, md1) for e in trailing), (md1,) + tuple(trailing)))
     return out
+
+
+def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=None) -> str:
+    """What the run measured about a finding that does not hold (one markdown cell).
+
+    Two measurements: which of its deciding comparisons are ties at 95% (the interval
+    holds 0.5: the finding fails inside the noise of the evaluation), and where the
+    policies it names went: their most frequent style and its share (the world's style
+    game is what separates Nash from RLHF), the share of samples with a repeated word
+    (the blind spot a judge leaves to be over-optimised) and mean quality. For the RLHF
+    finding also the world's style-level prediction at the trained taus (`pred`, a
+    `game.MixedPrediction`): whether P* itself ranks RLHF above Nash against SFT.
+
+    Args:
+      cells: the matrix of `paper_findings`.
+      styles: {policy: share per style in `styles.STYLE_NAMES` order} (the style table).
+      quality: {policy: {"repeated": .., "quality": ..}} (the quality table).
+    """
+    from nlhf_jax.data.world import styles as world_styles
+
+    parts = []
+    ties = [(k, cells[k]) for k in finding.cells if cells[k].lo <= 0.5 <= cells[k].hi]
+    if ties:
+        shown = "; ".join(f"{c} vs {r} {_fmt(v)}" for (r, c), v in ties[:4])
+        more = f" and {len(ties) - 4} more" if len(ties) > 4 else ""
+        parts.append(f"ties at 95% ({len(ties)} of {len(finding.cells)} deciding cells): {shown}{more}")
+    groups: dict = {}
+    for n in finding.policies:
+        if n not in styles:
+            continue
+        share = np.asarray(styles[n])
+        top = int(np.argmax(share))
+        groups.setdefault(world_styles.STYLE_NAMES[top], []).append((n, float(share[top])))
+    for style, members in groups.items():
+        shares = [x for _, x in members]
+        span = f"{min(shares):.0%}" if len(set(f"{x:.0%}" for x in shares)) == 1 else f"{min(shares):.0%}-{max(shares):.0%}"
+        prof = ", ".join(
+            n + (f" (repeated words {quality[n]['repeated']:.0%}, quality {quality[n]['quality']:.2f})"
+                 if n in quality else "") for n, _ in members)
+        parts.append(f"*{style}* first ({span}): {prof}")
+    if pred is not None and finding.text.startswith("RLHF has the highest"):
+        parts.append(f"P*'s style game at the trained taus: RLHF(tau {pred.tau_rlhf:g}) vs SFT "
+                     f"{pred.rlhf_vs_sft:.3f}, Nash(tau {pred.tau_nash:g}) vs SFT {pred.nash_vs_sft:.3f}")
+    return "; ".join(parts) or "-"
 
 
 def _first(s: sampling.PolicySamples, n: int) -> sampling.PolicySamples:
@@ -177,7 +250,9 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     pred = world_rep.style_predictions
     trained = game.predict_mixed(world_rep.P_style, world_rep.mu, world_rep.reward_style, tau_nash, tau_rlhf)
     text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, trained),
-                            paper_md=_paper_findings_markdown(pstar, names), md_pstar=md_pstar, md_ptau=md_ptau,
+                            paper_md=_paper_findings_markdown(
+                                pstar, names, {n: v["styles"] for n, v in st["styles"].items()}, quality, trained),
+                            md_pstar=md_pstar, md_ptau=md_ptau,
                             judges_md=judges_md, diag_md=diag_md, st_md=st_md, q_md=q_md, timings=timings)
     path = os.path.join(eval_dir, "report.md")
     with open(path, "w") as f:
@@ -260,16 +335,24 @@ def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
     return findings
 
 
-def _paper_findings_markdown(pstar: dict, names: Sequence[str]) -> str:
+def _paper_findings_markdown(pstar: dict, names: Sequence[str], styles: Optional[dict] = None,
+                             quality: Optional[dict] = None, pred=None) -> str:
     """The `paper_findings` section, or "" unless the policies span the paper's betas
-    (self-play 0 to best response 1, at least three) and include RLHF."""
+    (self-play 0 to best response 1, at least three) and include RLHF. With the style
+    and quality tables' numbers, each finding that does not hold gets what the run
+    measured about it (`why_not`)."""
     betas = sorted(float(n[len("nash_md_"):]) for n in names if n.startswith("nash_md_"))
     if not (len(betas) >= 3 and betas[0] == 0.0 and betas[-1] == 1.0 and "rlhf" in names):
         return ""
-    rows = [f"| {f} | {'yes' if ok else '**no**'} | {nums} |"
-            for f, ok, nums in paper_findings(pstar, names, betas)]
-    return ("## The paper's findings under P*\n\n| finding (paper Table 1, section 8) | holds | "
-            "numbers |\n|---|---|---|\n" + "\n".join(rows))
+    rows = [f"| {f.text} | {'yes' if f.holds else '**no**'} | {f.numbers} | "
+            f"{'' if f.holds else why_not(f, pstar, styles or {}, quality or {}, pred)} |"
+            for f in paper_findings(pstar, names, betas)]
+    return ("## The paper's findings under P*\n\nWhere a finding does not hold, the last column "
+            "gives what the run measured about it: the deciding comparisons that are ties at 95%, "
+            "and where its policies went (most frequent style and its share, samples with a "
+            "repeated word, mean quality; the style and quality tables below).\n\n"
+            "| finding (paper Table 1, section 8) | holds | numbers | measured, where it does not hold |\n"
+            "|---|---|---|---|\n" + "\n".join(rows))
 
 
 def _report_markdown(preset: str, n_posts: int, n_tau: int, *, findings: list[str], paper_md: str, md_pstar: str,
