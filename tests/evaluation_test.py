@@ -133,8 +133,15 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
                                 nash_vs_rlhf=0.63, nash_vs_sft=0.7, rlhf_vs_sft=0.6)
     assert report.why_not(rl, cells, styles, quality, pred).endswith(
         "RLHF(tau 0.05) vs SFT 0.600, Nash(tau 0.02) vs SFT 0.700")
+    # The beta curve is flat: its spread against the cells' intervals.
+    assert report.why_not(found["win rate against RLHF is single-peaked in beta"], cells, {}, {}).startswith(
+        "the curve spans 0.000 against a 95% half-width of 0.0")
     # A finding that holds has nothing to explain in the section; one that fails has.
-    md = report._paper_findings_markdown(cells, names, styles, quality, pred)
+    diag = {"styles": ["concise", "exhaustive"], "tau_nash": 0.008, "tau_rlhf": 0.05, "nash_pm": [0.48, 0.52],
+            "nash_pstar": [0.999, 0.001], "rlhf_rm": [0.1, 0.9], "rlhf_pstar": [0.002, 0.998]}
+    md = report._paper_findings_markdown(cells, names, styles, quality, pred, diag)
+    assert ("a PM whose regularised equilibrium at tau 0.008 is 52% *exhaustive* (P*'s: 100% *concise*); "
+            "RLHF against an RM whose policy at tau 0.05 is 90% *exhaustive*") in md
     row = next(line for line in md.splitlines() if line.startswith("| a small mixture"))
     assert row.endswith(why + " |") and "| **no** |" in row
     row = next(line for line in md.splitlines() if line.startswith("| every trained policy"))

@@ -72,6 +72,8 @@ class Finding(NamedTuple):
     """One of the paper's findings checked on a win-rate matrix.
 
     Attributes:
+      key: a short name ("beats_sft", "rlhf_best", "single_peak", "md1_beats_rlhf",
+        "small_beta", "md1_best", "br_overoptimises", "ema_trails").
       text: the finding.
       holds: whether the matrix shows it.
       numbers: the cells that decide it, formatted.
@@ -79,6 +81,7 @@ class Finding(NamedTuple):
       policies: the policies it is about (for the report's explanation).
     """
 
+    key: str
     text: str
     holds: bool
     numbers: str
@@ -105,45 +108,47 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     vs_sft = {n: cells[("sft", n)] for n in trained}
     out = []
     beaten = [n for n in trained if vs_sft[n].lo > 0.5]
-    out.append(Finding("every trained policy beats SFT (lower bound > 0.5)", len(beaten) == len(trained),
+    out.append(Finding("beats_sft", "every trained policy beats SFT (lower bound > 0.5)", len(beaten) == len(trained),
                        f"{len(beaten)}/{len(trained)}; " + ", ".join(f"{n} {vs_sft[n].mean:.3f}" for n in trained),
                        tuple(("sft", n) for n in trained if n not in beaten),
                        tuple(n for n in trained if n not in beaten)))
     best = max(trained, key=lambda n: vs_sft[n].mean)
-    out.append(Finding("RLHF has the highest win rate against SFT", best == "rlhf",
+    out.append(Finding("rlhf_best", "RLHF has the highest win rate against SFT", best == "rlhf",
                        f"RLHF {_fmt(vs_sft['rlhf'])}; highest {best} {vs_sft[best].mean:.3f}",
                        (("sft", "rlhf"), ("sft", best)), tuple(dict.fromkeys(("rlhf", best)))))
     vs_rlhf = [cells[("rlhf", n)].mean for n in md]
     peak = int(np.argmax(vs_rlhf))
     single = all(a <= b for a, b in zip(vs_rlhf[:peak], vs_rlhf[1:peak + 1])) and all(
         a >= b for a, b in zip(vs_rlhf[peak:], vs_rlhf[peak + 1:]))
-    out.append(Finding("win rate against RLHF is single-peaked in beta", single,
+    out.append(Finding("single_peak", "win rate against RLHF is single-peaked in beta", single,
                        ", ".join(f"beta {b:g}: {v:.3f}" for b, v in zip(betas, vs_rlhf)),
                        tuple(("rlhf", n) for n in md), tuple(md)))
     c = cells[("rlhf", md1)]
-    out.append(Finding(f"Nash-MD-PG with beta = {betas[1]:g} beats RLHF head to head (lower bound > 0.5)",
+    out.append(Finding("md1_beats_rlhf",
+                       f"Nash-MD-PG with beta = {betas[1]:g} beats RLHF head to head (lower bound > 0.5)",
                        c.lo > 0.5, _fmt(c), (("rlhf", md1),), (md1, "rlhf")))
     small = [m for m, b in zip(md, betas) if 0 < b <= 0.375]
     wins = {(m, o): cells[(o, m)] for m in small for o in (sp, br)}
-    out.append(Finding("a small mixture weight (0 < beta <= 0.375) beats self-play and best response",
+    out.append(Finding("small_beta", "a small mixture weight (0 < beta <= 0.375) beats self-play and best response",
                        all(v.mean > 0.5 for v in wins.values()),
                        "; ".join(f"{m} vs {o} {v.mean:.3f}" for (m, o), v in wins.items()),
                        tuple((o, m) for (m, o), v in wins.items() if v.mean <= 0.5), tuple(small) + (sp, br)))
     others = [n for n in trained if n != md1]
     lost = [o for o in others if cells[(o, md1)].mean <= 0.5]
-    out.append(Finding(f"{md1} beats every other policy head to head", not lost,
+    out.append(Finding("md1_best", f"{md1} beats every other policy head to head", not lost,
                        ", ".join(f"vs {o} {cells[(o, md1)].mean:.3f}" for o in others),
                        tuple((o, md1) for o in lost), (md1,) + tuple(lost)))
     c = cells[("rlhf", br)]
     worst = min(trained, key=lambda n: vs_sft[n].mean)
-    out.append(Finding("best response over-optimises: it loses to RLHF and has the lowest win rate against SFT",
+    out.append(Finding("br_overoptimises",
+                       "best response over-optimises: it loses to RLHF and has the lowest win rate against SFT",
                        c.mean < 0.5 and worst == br,
                        f"best response vs RLHF {_fmt(c)}; vs SFT {vs_sft[br].mean:.3f}",
                        (("rlhf", br), ("sft", br)), tuple(dict.fromkeys((br, "rlhf", worst)))))
     emas = [n for n in trained if n.startswith("nash_ema")]
     if emas:
         trailing = [e for e in emas if cells[(e, md1)].mean <= 0.5]
-        out.append(Finding(f"EMA variants trail Nash-MD-PG ({md1} beats each)", not trailing,
+        out.append(Finding("ema_trails", f"EMA variants trail Nash-MD-PG ({md1} beats each)", not trailing,
                            ", ".join(f"{md1} vs {e} {cells[(e, md1)].mean:.3f}" for e in emas),
                            tuple((e, md1) for e in trailing), (md1,) + tuple(trailing)))
     return out
@@ -182,12 +187,18 @@ def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=Non
         groups.setdefault(world_styles.STYLE_NAMES[top], []).append((n, float(share[top])))
     for style, members in groups.items():
         shares = [x for _, x in members]
-        span = f"{min(shares):.0%}" if len(set(f"{x:.0%}" for x in shares)) == 1 else f"{min(shares):.0%}-{max(shares):.0%}"
+        lo, hi = f"{min(shares):.0%}", f"{max(shares):.0%}"
+        span = lo if lo == hi else f"{lo}-{hi}"
         prof = ", ".join(
             n + (f" (repeated words {quality[n]['repeated']:.0%}, quality {quality[n]['quality']:.2f})"
                  if n in quality else "") for n, _ in members)
         parts.append(f"*{style}* first ({span}): {prof}")
-    if pred is not None and finding.text.startswith("RLHF has the highest"):
+    if finding.key == "single_peak":
+        means = [cells[k].mean for k in finding.cells]
+        half = float(np.median([(cells[k].hi - cells[k].lo) / 2 for k in finding.cells]))
+        parts.insert(0, f"the curve spans {max(means) - min(means):.3f} against a 95% half-width of "
+                        f"{half:.3f} per cell" + (" (flat within the noise)" if max(means) - min(means) < half else ""))
+    if pred is not None and finding.key == "rlhf_best":
         parts.append(f"P*'s style game at the trained taus: RLHF(tau {pred.tau_rlhf:g}) vs SFT "
                      f"{pred.rlhf_vs_sft:.3f}, Nash(tau {pred.tau_nash:g}) vs SFT {pred.nash_vs_sft:.3f}")
     return "; ".join(parts) or "-"
@@ -251,7 +262,8 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     trained = game.predict_mixed(world_rep.P_style, world_rep.mu, world_rep.reward_style, tau_nash, tau_rlhf)
     text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, trained),
                             paper_md=_paper_findings_markdown(
-                                pstar, names, {n: v["styles"] for n, v in st["styles"].items()}, quality, trained),
+                                pstar, names, {n: v["styles"] for n, v in st["styles"].items()}, quality, trained,
+                                diag),
                             md_pstar=md_pstar, md_ptau=md_ptau,
                             judges_md=judges_md, diag_md=diag_md, st_md=st_md, q_md=q_md, timings=timings)
     path = os.path.join(eval_dir, "report.md")
@@ -336,18 +348,30 @@ def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
 
 
 def _paper_findings_markdown(pstar: dict, names: Sequence[str], styles: Optional[dict] = None,
-                             quality: Optional[dict] = None, pred=None) -> str:
+                             quality: Optional[dict] = None, pred=None, diag: Optional[dict] = None) -> str:
     """The `paper_findings` section, or "" unless the policies span the paper's betas
     (self-play 0 to best response 1, at least three) and include RLHF. With the style
     and quality tables' numbers, each finding that does not hold gets what the run
-    measured about it (`why_not`)."""
+    measured about it (`why_not`); with the judge diagnostics (`diag`), the section
+    says where the PM's regularised equilibrium lies, which is where the NLHF policies
+    are pulled."""
     betas = sorted(float(n[len("nash_md_"):]) for n in names if n.startswith("nash_md_"))
     if not (len(betas) >= 3 and betas[0] == 0.0 and betas[-1] == 1.0 and "rlhf" in names):
         return ""
     rows = [f"| {f.text} | {'yes' if f.holds else '**no**'} | {f.numbers} | "
             f"{'' if f.holds else why_not(f, pstar, styles or {}, quality or {}, pred)} |"
             for f in paper_findings(pstar, names, betas)]
-    return ("## The paper's findings under P*\n\nWhere a finding does not hold, the last column "
+    pm_line = ""
+    if diag:
+        def top(dist):
+            i = int(np.argmax(dist))
+            return f"{dist[i]:.0%} *{diag['styles'][i]}*"
+
+        pm_line = (f"The NLHF policies trained against a PM whose regularised equilibrium at tau "
+                   f"{diag['tau_nash']:g} is {top(diag['nash_pm'])} (P*'s: {top(diag['nash_pstar'])}); "
+                   f"RLHF against an RM whose policy at tau {diag['tau_rlhf']:g} is {top(diag['rlhf_rm'])} "
+                   f"(under P*'s Bradley-Terry reward: {top(diag['rlhf_pstar'])}). ")
+    return ("## The paper's findings under P*\n\n" + pm_line + "Where a finding does not hold, the last column "
             "gives what the run measured about it: the deciding comparisons that are ties at 95%, "
             "and where its policies went (most frequent style and its share, samples with a "
             "repeated word, mean quality; the style and quality tables below).\n\n"
