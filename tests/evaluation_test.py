@@ -149,6 +149,39 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
                         "nash_md_1 0.881 |  |")
 
 
+def test_the_mechanism_finding_reads_the_style_shares_and_the_nash_vs_rlhf_cell():
+    from nlhf_jax.evaluation import report
+
+    names = ["sft", "rlhf", "nash_md"]
+    cells = _matrix(names, {"sft": 0.0, "rlhf": 0.3, "nash_md": 0.8})
+    styles = {"sft": [0.15, 0.18, 0.53, 0.14, 0.0], "rlhf": [0.07, 0.86, 0.05, 0.02, 0.0],
+              "nash_md": [0.92, 0.05, 0.02, 0.01, 0.0]}
+    line = report.mechanism_finding(cells, names, styles)
+    assert "**shown**" in line and "nash_md's *concise* share 15% (SFT) -> 92% (yes)" in line
+    assert "RLHF's *exhaustive* share 18% -> 86% (yes)" in line and "nash_md vs RLHF 0.622 [" in line
+    assert line in report._findings(cells, names, _FakePrediction(), styles)
+    # Everything to *exhaustive* (the quick demo's judges): not shown, and the PM says why.
+    styles["nash_md"] = [0.04, 0.94, 0.01, 0.01, 0.0]
+    diag = {"styles": ["concise", "exhaustive", "feelings_first", "chronological"], "tau_nash": 0.008,
+            "pm_max_abs": 0.172, "pm_keeps_condorcet": True, "pm_keeps_cycles": False,
+            "nash_pm": [0.48, 0.52, 0.0, 0.0], "nash_pstar": [0.999, 0.0, 0.0, 0.001]}
+    line = report.mechanism_finding(cells, names, styles, diag)
+    assert "**not shown**" in line and "15% (SFT) -> 4% (no)" in line
+    assert line.endswith("0.172 max-abs from P*'s style matrix, keeps the Condorcet winner, loses the cycle, "
+                         "and puts its regularised equilibrium at tau 0.008 at 52% *exhaustive* (P*'s: 100% "
+                         "*concise*): the policies go where their judges point (judge diagnostics below)")
+    # The paper preset's MD1 plays Nash-MD-PG; without RLHF there is nothing to check.
+    renamed = {(a.replace("nash_md", "nash_md_0.125"), b.replace("nash_md", "nash_md_0.125")): c
+               for (a, b), c in cells.items()}
+    styles["nash_md_0.125"] = styles.pop("nash_md")
+    assert "nash_md_0.125 vs RLHF" in report.mechanism_finding(renamed, ["sft", "rlhf", "nash_md_0.125"], styles)
+    assert report.mechanism_finding(cells, ["sft", "nash_md"], styles) is None
+
+
+class _FakePrediction:
+    tau_nash, tau_rlhf, nash_vs_rlhf, nash_vs_sft, rlhf_vs_sft = 0.008, 0.05, 0.6, 0.6, 0.6
+
+
 def test_ptau_cells_mirror_an_antisymmetric_judge_exactly():
     from nlhf_jax.evaluation import sampling, stats
 

@@ -260,10 +260,9 @@ def write_demo_report(out: str, eval_dir: str, names: Sequence[str], world_dir: 
     world_rep = describe.describe_world(generator.load_config(world_dir), taus=(tau_nash, tau_rlhf))
     pred = world_rep.style_predictions
     trained = game.predict_mixed(world_rep.P_style, world_rep.mu, world_rep.reward_style, tau_nash, tau_rlhf)
-    text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, trained),
-                            paper_md=_paper_findings_markdown(
-                                pstar, names, {n: v["styles"] for n, v in st["styles"].items()}, quality, trained,
-                                diag),
+    shares = {n: v["styles"] for n, v in st["styles"].items()}
+    text = _report_markdown(preset, len(prompts), n_tau, findings=_findings(pstar, names, trained, shares, diag),
+                            paper_md=_paper_findings_markdown(pstar, names, shares, quality, trained, diag),
                             md_pstar=md_pstar, md_ptau=md_ptau,
                             judges_md=judges_md, diag_md=diag_md, st_md=st_md, q_md=q_md, timings=timings)
     path = os.path.join(eval_dir, "report.md")
@@ -327,9 +326,64 @@ def trained_taus(out: str, names: Sequence[str], tau: float,
     return logged("nash_md", tau), logged("rlhf", rlhf_default)
 
 
-def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
+# A style share "rises" when it gains more than this over SFT's: with 1,000 samples a
+# share's 95% sampling interval is at most +-3 points.
+SHARE_RISE = 0.05
+
+
+def _top_style(dist: Sequence[float], names: Sequence[str]) -> str:
+    i = int(np.argmax(dist))
+    return f"{dist[i]:.0%} *{names[i]}*"
+
+
+def mechanism_finding(pstar: dict, names: Sequence[str], styles: dict, diag: Optional[dict] = None) -> Optional[str]:
+    """Whether the run shows the world's mechanism, as one finding line (None without
+    Nash-MD-PG at beta 0.125, RLHF and SFT's style shares).
+
+    The world's raters have a Condorcet winner, *concise*, that a Bradley-Terry reward
+    ranks below *exhaustive* (docs/world.md): NLHF should move toward *concise* while
+    RLHF moves toward *exhaustive*, and win. Checked: Nash-MD-PG's *concise* share and
+    RLHF's *exhaustive* share each gain more than `SHARE_RISE` over SFT's, and the
+    Nash-MD-PG vs RLHF cell's lower bound is above 0.5. When it is not shown and the
+    judge diagnostics are given, the line says what the PM the policies trained against
+    measured (Condorcet winner, cycle, distance to P*, its regularised equilibrium).
+
+    Args:
+      styles: {policy: share per style in `styles.STYLE_NAMES` order}.
+      diag: `diagnostics.world_judge_diagnostics`' numbers, or None.
+    """
+    from nlhf_jax.data.world import styles as world_styles
+
+    nmd = next((n for n in ("nash_md", "nash_md_0.125") if n in names), None)
+    if nmd is None or "rlhf" not in names or any(n not in styles for n in ("sft", nmd, "rlhf")):
+        return None
+    ci, ei = world_styles.STYLE_NAMES.index("concise"), world_styles.STYLE_NAMES.index("exhaustive")
+    c0, c1 = styles["sft"][ci], styles[nmd][ci]
+    e0, e1 = styles["sft"][ei], styles["rlhf"][ei]
+    cell = pstar[("rlhf", nmd)]
+    checks = [(c1 - c0 > SHARE_RISE, f"{nmd}'s *concise* share {c0:.0%} (SFT) -> {c1:.0%}"),
+              (e1 - e0 > SHARE_RISE, f"RLHF's *exhaustive* share {e0:.0%} -> {e1:.0%}"),
+              (cell.lo > 0.5, f"{nmd} vs RLHF {_fmt(cell)}")]
+    shown = all(ok for ok, _ in checks)
+    line = ("- the world's mechanism (Nash-MD-PG toward *concise*, the raters' Condorcet winner, RLHF "
+            f"toward *exhaustive*, and Nash-MD-PG wins): **{'shown' if shown else 'not shown'}**: "
+            + "; ".join(f"{text} ({'yes' if ok else 'no'})" for ok, text in checks))
+    if not shown and diag:
+        line += (f". The PM the NLHF policies trained against is {diag['pm_max_abs']:.3f} max-abs from P*'s "
+                 f"style matrix, {'keeps' if diag['pm_keeps_condorcet'] else 'loses'} the Condorcet winner, "
+                 f"{'keeps' if diag['pm_keeps_cycles'] else 'loses'} the cycle, and puts its regularised "
+                 f"equilibrium at tau {diag['tau_nash']:g} at {_top_style(diag['nash_pm'], diag['styles'])} "
+                 f"(P*'s: {_top_style(diag['nash_pstar'], diag['styles'])}): the policies go where their "
+                 "judges point (judge diagnostics below)")
+    return line
+
+
+def _findings(pstar: dict, names: Sequence[str], pred, styles: Optional[dict] = None,
+              diag: Optional[dict] = None) -> list[str]:
     """The report's findings under P*, and the world's style-level prediction `pred`
-    (a `game.MixedPrediction` at the taus the policies trained with)."""
+    (a `game.MixedPrediction` at the taus the policies trained with). With the style
+    table's shares (`styles`) also whether the run shows the world's mechanism
+    (`mechanism_finding`, with the judge diagnostics `diag`)."""
     sft_col = {n: pstar[("sft", n)] for n in names if n != "sft"}
     findings = []
     beats = [n for n, c in sft_col.items() if c.lo > 0.5]
@@ -339,6 +393,9 @@ def _findings(pstar: dict, names: Sequence[str], pred) -> list[str]:
         c = pstar[("rlhf", "nash_md")]
         findings.append(f"- Nash-MD-PG (beta = 0.125) vs RLHF under P*: {c.mean:.3f} [{c.lo:.3f}, {c.hi:.3f}]"
                         f" ({'lower bound above 0.5' if c.lo > 0.5 else 'not significantly above 0.5'})")
+    mechanism = mechanism_finding(pstar, names, styles, diag) if styles else None
+    if mechanism:
+        findings.append(mechanism)
     # Each policy at the tau it trained with: the demo's Nash-MD-PG and RLHF differ.
     findings.append(f"- style-level prediction of the world (P*'s style game) at the trained taus: "
                     f"P*(Nash(tau = {pred.tau_nash:g}) > RLHF(tau = {pred.tau_rlhf:g})) = "
@@ -364,8 +421,7 @@ def _paper_findings_markdown(pstar: dict, names: Sequence[str], styles: Optional
     pm_line = ""
     if diag:
         def top(dist):
-            i = int(np.argmax(dist))
-            return f"{dist[i]:.0%} *{diag['styles'][i]}*"
+            return _top_style(dist, diag["styles"])
 
         pm_line = (f"The NLHF policies trained against a PM whose regularised equilibrium at tau "
                    f"{diag['tau_nash']:g} is {top(diag['nash_pm'])} (P*'s: {top(diag['nash_pstar'])}); "
