@@ -127,6 +127,9 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
     assert why.startswith("ties at 95% (2 of 2 deciding cells): nash_md_0.125 vs nash_md_0 0.500 [")
     assert "*exhaustive* first (95%-96%): nash_md_0.125 (repeated words 42%, quality 2.33), nash_md_0;" in why
     assert why.endswith("*concise* first (90%): nash_md_1")
+    # With P*'s equilibrium, each group's distance to it.
+    assert "*concise* first (90%, TV to P*'s Nash(tau) 0.10): nash_md_1" in report.why_not(
+        small, cells, styles, quality, nash=[1.0, 0.0, 0.0, 0.0])
     # The RLHF finding also gets P*'s own style-level answer at the trained taus.
     rl = found["RLHF has the highest win rate against SFT"]
     pred = game.MixedPrediction(tau_nash=0.02, tau_rlhf=0.05, nash=np.zeros(4), rlhf=np.zeros(4),
@@ -143,7 +146,8 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
     assert ("a PM whose regularised equilibrium at tau 0.008 is 52% *exhaustive* (P*'s: 100% *concise*); "
             "RLHF against an RM whose policy at tau 0.05 is 90% *exhaustive*") in md
     row = next(line for line in md.splitlines() if line.startswith("| a small mixture"))
-    assert row.endswith(why + " |") and "| **no** |" in row
+    assert row.endswith(report.why_not(small, cells, styles, quality, pred, diag["nash_pstar"]) + " |")
+    assert "| **no** |" in row and "TV to P*'s Nash(tau) 0.10" in row
     row = next(line for line in md.splitlines() if line.startswith("| every trained policy"))
     assert row.endswith("| yes | 5/5; rlhf 0.818, nash_md_0 0.881, nash_md_0.125 0.881, nash_md_0.5 0.881, "
                         "nash_md_1 0.881 |  |")

@@ -111,11 +111,11 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     out.append(Finding("beats_sft", "every trained policy beats SFT (lower bound > 0.5)", len(beaten) == len(trained),
                        f"{len(beaten)}/{len(trained)}; " + ", ".join(f"{n} {vs_sft[n].mean:.3f}" for n in trained),
                        tuple(("sft", n) for n in trained if n not in beaten),
-                       tuple(n for n in trained if n not in beaten)))
+                       ("sft",) + tuple(n for n in trained if n not in beaten)))
     best = max(trained, key=lambda n: vs_sft[n].mean)
     out.append(Finding("rlhf_best", "RLHF has the highest win rate against SFT", best == "rlhf",
                        f"RLHF {_fmt(vs_sft['rlhf'])}; highest {best} {vs_sft[best].mean:.3f}",
-                       (("sft", "rlhf"), ("sft", best)), tuple(dict.fromkeys(("rlhf", best)))))
+                       (("sft", "rlhf"), ("sft", best)), tuple(dict.fromkeys(("sft", "rlhf", best)))))
     vs_rlhf = [cells[("rlhf", n)].mean for n in md]
     peak = int(np.argmax(vs_rlhf))
     single = all(a <= b for a, b in zip(vs_rlhf[:peak], vs_rlhf[1:peak + 1])) and all(
@@ -154,7 +154,8 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     return out
 
 
-def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=None) -> str:
+def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=None,
+            nash: Optional[Sequence[float]] = None) -> str:
     """What the run measured about a finding that does not hold (one markdown cell).
 
     Two measurements: which of its deciding comparisons are ties at 95% (the interval
@@ -163,12 +164,16 @@ def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=Non
     game is what separates Nash from RLHF), the share of samples with a repeated word
     (the blind spot a judge leaves to be over-optimised) and mean quality. For the RLHF
     finding also the world's style-level prediction at the trained taus (`pred`, a
-    `game.MixedPrediction`): whether P* itself ranks RLHF above Nash against SFT.
+    `game.MixedPrediction`): whether P* itself ranks RLHF above Nash against SFT. With
+    `nash`, each group of policies also gets its total variation to that equilibrium
+    over styles (policies at the equilibrium tie with each other).
 
     Args:
       cells: the matrix of `paper_findings`.
       styles: {policy: share per style in `styles.STYLE_NAMES` order} (the style table).
       quality: {policy: {"repeated": .., "quality": ..}} (the quality table).
+      nash: P*'s regularised equilibrium over the world's styles at the NLHF policies'
+        tau (one share per style, without the "none" entry), or None.
     """
     from nlhf_jax.data.world import styles as world_styles
 
@@ -192,6 +197,12 @@ def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=Non
         prof = ", ".join(
             n + (f" (repeated words {quality[n]['repeated']:.0%}, quality {quality[n]['quality']:.2f})"
                  if n in quality else "") for n, _ in members)
+        if nash is not None:
+            eq = np.zeros(len(styles[members[0][0]]))
+            eq[:len(nash)] = nash
+            tvs = [f"{0.5 * float(np.abs(np.asarray(styles[n]) - eq).sum()):.2f}" for n, _ in members]
+            lo_tv, hi_tv = min(tvs, key=float), max(tvs, key=float)
+            span += f", TV to P*'s Nash(tau) {lo_tv if lo_tv == hi_tv else lo_tv + '-' + hi_tv}"
         parts.append(f"*{style}* first ({span}): {prof}")
     if finding.key == "single_peak":
         means = [cells[k].mean for k in finding.cells]
@@ -415,8 +426,9 @@ def _paper_findings_markdown(pstar: dict, names: Sequence[str], styles: Optional
     betas = sorted(float(n[len("nash_md_"):]) for n in names if n.startswith("nash_md_"))
     if not (len(betas) >= 3 and betas[0] == 0.0 and betas[-1] == 1.0 and "rlhf" in names):
         return ""
+    nash = (diag or {}).get("nash_pstar")
     rows = [f"| {f.text} | {'yes' if f.holds else '**no**'} | {f.numbers} | "
-            f"{'' if f.holds else why_not(f, pstar, styles or {}, quality or {}, pred)} |"
+            f"{'' if f.holds else why_not(f, pstar, styles or {}, quality or {}, pred, nash)} |"
             for f in paper_findings(pstar, names, betas)]
     pm_line = ""
     if diag:
@@ -429,8 +441,9 @@ def _paper_findings_markdown(pstar: dict, names: Sequence[str], styles: Optional
                    f"(under P*'s Bradley-Terry reward: {top(diag['rlhf_pstar'])}). ")
     return ("## The paper's findings under P*\n\n" + pm_line + "Where a finding does not hold, the last column "
             "gives what the run measured about it: the deciding comparisons that are ties at 95%, "
-            "and where its policies went (most frequent style and its share, samples with a "
-            "repeated word, mean quality; the style and quality tables below).\n\n"
+            "and where its policies went (most frequent style and its share, with the distance to P*'s "
+            "regularised equilibrium when known, samples with a repeated word, mean quality; the style "
+            "and quality tables below).\n\n"
             "| finding (paper Table 1, section 8) | holds | numbers | measured, where it does not hold |\n"
             "|---|---|---|---|\n" + "\n".join(rows))
 
