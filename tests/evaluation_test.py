@@ -127,18 +127,31 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
     assert why.startswith("ties at 95% (2 of 2 deciding cells): nash_md_0.125 vs nash_md_0 0.500 [")
     assert "*exhaustive* first (95%-96%): nash_md_0.125 (repeated words 42%, quality 2.33), nash_md_0;" in why
     assert why.endswith("*concise* first (90%): nash_md_1")
-    # With P*'s equilibrium, each group's distance to it.
-    assert "*concise* first (90%, TV to P*'s Nash(tau) 0.10): nash_md_1" in report.why_not(
-        small, cells, styles, quality, nash=[1.0, 0.0, 0.0, 0.0])
+    # With P*'s equilibrium, each group's distance to it, and whether the tied policies
+    # are all at it.
+    at_eq = report.why_not(small, cells, styles, quality, nash=[1.0, 0.0, 0.0, 0.0])
+    assert "*concise* first (90%, TV to P*'s Nash(tau) 0.10): nash_md_1" in at_eq
+    assert "policies at one equilibrium tie" not in at_eq  # 0.95 away
+    near = {**styles, "nash_md_1": [0.02, 0.96, 0.02, 0.0, 0.0]}
+    assert report.why_not(small, cells, near, quality, nash=[0.03, 0.95, 0.02, 0.0]).endswith(
+        "every tied policy is within TV 0.05 of P*'s equilibrium: policies at one equilibrium tie")
     # The RLHF finding also gets P*'s own style-level answer at the trained taus.
     rl = found["RLHF has the highest win rate against SFT"]
     pred = game.MixedPrediction(tau_nash=0.02, tau_rlhf=0.05, nash=np.zeros(4), rlhf=np.zeros(4),
                                 nash_vs_rlhf=0.63, nash_vs_sft=0.7, rlhf_vs_sft=0.6)
     assert report.why_not(rl, cells, styles, quality, pred).endswith(
         "RLHF(tau 0.05) vs SFT 0.600, Nash(tau 0.02) vs SFT 0.700")
+    # RLHF far above SFT in repeated words reads as over-optimising its RM.
+    worse = {**quality, "rlhf": {"repeated": 0.55, "quality": 1.91}, "sft": {"repeated": 0.07, "quality": 2.01}}
+    assert ("RLHF repeats a word in 55% of its samples (SFT: 7%): it over-optimises a blind spot of its "
+            "reward model") in report.why_not(rl, cells, styles, worse, pred)
+    assert "over-optimises" not in report.why_not(rl, cells, styles, {**worse, "rlhf": worse["sft"]}, pred)
     # The beta curve is flat: its spread against the cells' intervals.
     assert report.why_not(found["win rate against RLHF is single-peaked in beta"], cells, {}, {}).startswith(
         "the curve spans 0.000 against a 95% half-width of 0.0")
+    bumpy = _matrix(names, {**strength, "nash_md_0.5": 2.5})
+    assert "highest at nash_md_0.5" in report.why_not(
+        next(f for f in report.paper_findings(bumpy, names, betas) if f.key == "single_peak"), bumpy, {}, {})
     # A finding that holds has nothing to explain in the section; one that fails has.
     diag = {"styles": ["concise", "exhaustive"], "tau_nash": 0.008, "tau_rlhf": 0.05, "nash_pm": [0.48, 0.52],
             "nash_pstar": [0.999, 0.001], "rlhf_rm": [0.1, 0.9], "rlhf_pstar": [0.002, 0.998]}

@@ -154,6 +154,14 @@ def paper_findings(cells: dict, names: Sequence[str], betas: Sequence[float]) ->
     return out
 
 
+# `why_not`'s readings: a policy "at" P*'s regularised equilibrium over styles (total
+# variation below this), and RLHF "over-optimising" its RM (repeated-word share above
+# SFT's by more than this; the world's parser counts a repeated content word, the error
+# the demo's RM misses most, docs/results-world.md).
+AT_EQUILIBRIUM = 0.05
+OVER_OPTIMISED = 0.2
+
+
 def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=None,
             nash: Optional[Sequence[float]] = None) -> str:
     """What the run measured about a finding that does not hold (one markdown cell).
@@ -190,6 +198,11 @@ def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=Non
         share = np.asarray(styles[n])
         top = int(np.argmax(share))
         groups.setdefault(world_styles.STYLE_NAMES[top], []).append((n, float(share[top])))
+    tv = {}
+    if nash is not None:
+        eq = np.zeros(len(next(iter(styles.values()))) if styles else len(nash))
+        eq[:len(nash)] = nash
+        tv = {n: 0.5 * float(np.abs(np.asarray(styles[n]) - eq).sum()) for n in finding.policies if n in styles}
     for style, members in groups.items():
         shares = [x for _, x in members]
         lo, hi = f"{min(shares):.0%}", f"{max(shares):.0%}"
@@ -197,18 +210,26 @@ def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=Non
         prof = ", ".join(
             n + (f" (repeated words {quality[n]['repeated']:.0%}, quality {quality[n]['quality']:.2f})"
                  if n in quality else "") for n, _ in members)
-        if nash is not None:
-            eq = np.zeros(len(styles[members[0][0]]))
-            eq[:len(nash)] = nash
-            tvs = [f"{0.5 * float(np.abs(np.asarray(styles[n]) - eq).sum()):.2f}" for n, _ in members]
+        if tv:
+            tvs = [f"{tv[n]:.2f}" for n, _ in members]
             lo_tv, hi_tv = min(tvs, key=float), max(tvs, key=float)
             span += f", TV to P*'s Nash(tau) {lo_tv if lo_tv == hi_tv else lo_tv + '-' + hi_tv}"
         parts.append(f"*{style}* first ({span}): {prof}")
+    # Two readings of the measurements above, each stated only when its numbers say so.
+    tied = {n for (r, c), _ in ties for n in (r, c) if n != "sft"}
+    if tied and tv and all(n in tv and tv[n] < AT_EQUILIBRIUM for n in tied):
+        parts.append(f"every tied policy is within TV {AT_EQUILIBRIUM:g} of P*'s equilibrium: policies at one "
+                     "equilibrium tie")
+    rl, ref = quality.get("rlhf"), quality.get("sft")
+    if "rlhf" in finding.policies and rl and ref and rl["repeated"] - ref["repeated"] > OVER_OPTIMISED:
+        parts.append(f"RLHF repeats a word in {rl['repeated']:.0%} of its samples (SFT: {ref['repeated']:.0%}): "
+                     "it over-optimises a blind spot of its reward model")
     if finding.key == "single_peak":
         means = [cells[k].mean for k in finding.cells]
         half = float(np.median([(cells[k].hi - cells[k].lo) / 2 for k in finding.cells]))
         parts.insert(0, f"the curve spans {max(means) - min(means):.3f} against a 95% half-width of "
-                        f"{half:.3f} per cell" + (" (flat within the noise)" if max(means) - min(means) < half else ""))
+                        f"{half:.3f} per cell" + (" (flat within the noise)" if max(means) - min(means) < half else "")
+                     + f", highest at {finding.cells[int(np.argmax(means))][1]}")
     if pred is not None and finding.key == "rlhf_best":
         parts.append(f"P*'s style game at the trained taus: RLHF(tau {pred.tau_rlhf:g}) vs SFT "
                      f"{pred.rlhf_vs_sft:.3f}, Nash(tau {pred.tau_nash:g}) vs SFT {pred.nash_vs_sft:.3f}")
