@@ -13,6 +13,7 @@ from nlhf_jax import judges
 from nlhf_jax import run_evaluate
 from nlhf_jax.data.world import describe, game, generator, parser, styles
 from nlhf_jax.evaluation import diagnostics
+from nlhf_jax.evaluation import findings
 from nlhf_jax.evaluation import report
 from nlhf_jax.evaluation import stats
 
@@ -120,7 +121,7 @@ def test_the_mixed_tau_prediction_is_the_hand_computation(world_report):
     np.testing.assert_allclose(game.predict_mixed(P, mu, r, 0.02, 0.02).nash_vs_rlhf, same.nash_vs_rlhf)
     # The report's finding quotes both taus.
     pstar_cells = {("sft", "rlhf"): stats.compare(np.full(10, 0.9))}
-    line = report._findings(pstar_cells, ["sft", "rlhf"], got)[-1]
+    line = findings.findings_lines(pstar_cells, ["sft", "rlhf"], got)[-1]
     assert "P*(Nash(tau = 0.008) > RLHF(tau = 0.05))" in line and f"{got.nash_vs_rlhf:.3f}" in line
 
 

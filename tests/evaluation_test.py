@@ -79,7 +79,7 @@ def _matrix(names, strength):
 
 
 def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
-    from nlhf_jax.evaluation import report
+    from nlhf_jax.evaluation import findings
 
     betas = [0.0, 0.125, 0.5, 1.0]
     # A Bradley-Terry matrix cannot have RLHF strongest against SFT and still lose to MD1,
@@ -88,7 +88,7 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
              "nash_ema_0.999", "nash_ema_0.999*"]
     strength = {"sft": 0.0, "rlhf": 2.0, "nash_md_0": 2.1, "nash_md_0.125": 2.5, "nash_md_0.5": 2.2,
                 "nash_md_1": 1.0, "nash_ema_0.999": 1.5, "nash_ema_0.999*": 1.4}
-    got = {f.text: (f.holds, f.numbers) for f in report.paper_findings(_matrix(names, strength), names, betas)}
+    got = {f.text: (f.holds, f.numbers) for f in findings.paper_findings(_matrix(names, strength), names, betas)}
     assert len(got) == 8
     assert got["every trained policy beats SFT (lower bound > 0.5)"][0]
     assert not got["RLHF has the highest win rate against SFT"][0]  # nash_md_0.125 is
@@ -100,7 +100,7 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
     assert "beta 0.5: 0.550" in got["win rate against RLHF is single-peaked in beta"][1]
     # Break the pattern: a second peak at beta = 1, and RLHF on top.
     strength.update({"nash_md_1": 2.3, "rlhf": 3.0})
-    got = {f.text: f.holds for f in report.paper_findings(_matrix(names, strength), names, betas)}
+    got = {f.text: f.holds for f in findings.paper_findings(_matrix(names, strength), names, betas)}
     assert got["RLHF has the highest win rate against SFT"]
     assert not got["win rate against RLHF is single-peaked in beta"]
     assert not got["Nash-MD-PG with beta = 0.125 beats RLHF head to head (lower bound > 0.5)"]
@@ -109,7 +109,7 @@ def test_paper_findings_on_a_matrix_with_the_papers_pattern_and_without():
 
 def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_went():
     from nlhf_jax.data.world import game
-    from nlhf_jax.evaluation import report
+    from nlhf_jax.evaluation import findings
 
     betas = [0.0, 0.125, 0.5, 1.0]
     names = ["sft", "rlhf", "nash_md_0", "nash_md_0.125", "nash_md_0.5", "nash_md_1"]
@@ -117,49 +117,49 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
     strength = {"sft": 0.0, "rlhf": 1.5, "nash_md_0": 2.0, "nash_md_0.125": 2.0, "nash_md_0.5": 2.0,
                 "nash_md_1": 2.0}
     cells = _matrix(names, strength)
-    found = {f.text: f for f in report.paper_findings(cells, names, betas)}
+    found = {f.text: f for f in findings.paper_findings(cells, names, betas)}
     small = found["a small mixture weight (0 < beta <= 0.375) beats self-play and best response"]
     assert not small.holds and small.cells == (("nash_md_0", "nash_md_0.125"), ("nash_md_1", "nash_md_0.125"))
     styles = {"rlhf": [0.1, 0.85, 0.05, 0.0, 0.0], "nash_md_0.125": [0.03, 0.95, 0.02, 0.0, 0.0],
               "nash_md_0": [0.02, 0.96, 0.02, 0.0, 0.0], "nash_md_1": [0.9, 0.1, 0.0, 0.0, 0.0]}
     quality = {"nash_md_0.125": {"repeated": 0.42, "quality": 2.33}}
-    why = report.why_not(small, cells, styles, quality)
+    why = findings.why_not(small, cells, styles, quality)
     assert why.startswith("ties at 95% (2 of 2 deciding cells): nash_md_0.125 vs nash_md_0 0.500 [")
     assert "*exhaustive* first (95%-96%): nash_md_0.125 (repeated words 42%, quality 2.33), nash_md_0;" in why
     assert why.endswith("*concise* first (90%): nash_md_1")
     # With P*'s equilibrium, each group's distance to it, and whether the tied policies
     # are all at it.
-    at_eq = report.why_not(small, cells, styles, quality, nash=[1.0, 0.0, 0.0, 0.0])
+    at_eq = findings.why_not(small, cells, styles, quality, nash=[1.0, 0.0, 0.0, 0.0])
     assert "*concise* first (90%, TV to P*'s Nash(tau) 0.10): nash_md_1" in at_eq
     assert "policies at one equilibrium tie" not in at_eq  # 0.95 away
     near = {**styles, "nash_md_1": [0.02, 0.96, 0.02, 0.0, 0.0]}
-    assert report.why_not(small, cells, near, quality, nash=[0.03, 0.95, 0.02, 0.0]).endswith(
+    assert findings.why_not(small, cells, near, quality, nash=[0.03, 0.95, 0.02, 0.0]).endswith(
         "every tied policy is within TV 0.05 of P*'s equilibrium: policies at one equilibrium tie")
     # The RLHF finding also gets P*'s own style-level answer at the trained taus.
     rl = found["RLHF has the highest win rate against SFT"]
     pred = game.MixedPrediction(tau_nash=0.02, tau_rlhf=0.05, nash=np.zeros(4), rlhf=np.zeros(4),
                                 nash_vs_rlhf=0.63, nash_vs_sft=0.7, rlhf_vs_sft=0.6)
-    assert report.why_not(rl, cells, styles, quality, pred).endswith(
+    assert findings.why_not(rl, cells, styles, quality, pred).endswith(
         "RLHF(tau 0.05) vs SFT 0.600, Nash(tau 0.02) vs SFT 0.700")
     # RLHF far above SFT in repeated words reads as over-optimising its RM.
     worse = {**quality, "rlhf": {"repeated": 0.55, "quality": 1.91}, "sft": {"repeated": 0.07, "quality": 2.01}}
     assert ("RLHF repeats a word in 55% of its samples (SFT: 7%): it over-optimises a blind spot of its "
-            "reward model") in report.why_not(rl, cells, styles, worse, pred)
-    assert "over-optimises" not in report.why_not(rl, cells, styles, {**worse, "rlhf": worse["sft"]}, pred)
+            "reward model") in findings.why_not(rl, cells, styles, worse, pred)
+    assert "over-optimises" not in findings.why_not(rl, cells, styles, {**worse, "rlhf": worse["sft"]}, pred)
     # The beta curve is flat: its spread against the cells' intervals.
-    assert report.why_not(found["win rate against RLHF is single-peaked in beta"], cells, {}, {}).startswith(
+    assert findings.why_not(found["win rate against RLHF is single-peaked in beta"], cells, {}, {}).startswith(
         "the curve spans 0.000 against a 95% half-width of 0.0")
     bumpy = _matrix(names, {**strength, "nash_md_0.5": 2.5})
-    assert "highest at nash_md_0.5" in report.why_not(
-        next(f for f in report.paper_findings(bumpy, names, betas) if f.key == "single_peak"), bumpy, {}, {})
+    assert "highest at nash_md_0.5" in findings.why_not(
+        next(f for f in findings.paper_findings(bumpy, names, betas) if f.key == "single_peak"), bumpy, {}, {})
     # A finding that holds has nothing to explain in the section; one that fails has.
     diag = {"styles": ["concise", "exhaustive"], "tau_nash": 0.008, "tau_rlhf": 0.05, "nash_pm": [0.48, 0.52],
             "nash_pstar": [0.999, 0.001], "rlhf_rm": [0.1, 0.9], "rlhf_pstar": [0.002, 0.998]}
-    md = report._paper_findings_markdown(cells, names, styles, quality, pred, diag)
+    md = findings.paper_findings_markdown(cells, names, styles, quality, pred, diag)
     assert ("a PM whose regularised equilibrium at tau 0.008 is 52% *exhaustive* (P*'s: 100% *concise*); "
             "RLHF against an RM whose policy at tau 0.05 is 90% *exhaustive*") in md
     row = next(line for line in md.splitlines() if line.startswith("| a small mixture"))
-    assert row.endswith(report.why_not(small, cells, styles, quality, pred, diag["nash_pstar"]) + " |")
+    assert row.endswith(findings.why_not(small, cells, styles, quality, pred, diag["nash_pstar"]) + " |")
     assert "| **no** |" in row and "TV to P*'s Nash(tau) 0.10" in row
     row = next(line for line in md.splitlines() if line.startswith("| every trained policy"))
     assert row.endswith("| yes | 5/5; rlhf 0.818, nash_md_0 0.881, nash_md_0.125 0.881, nash_md_0.5 0.881, "
@@ -167,22 +167,22 @@ def test_a_finding_that_fails_is_explained_with_its_ties_and_where_its_policies_
 
 
 def test_the_mechanism_finding_reads_the_style_shares_and_the_nash_vs_rlhf_cell():
-    from nlhf_jax.evaluation import report
+    from nlhf_jax.evaluation import findings
 
     names = ["sft", "rlhf", "nash_md"]
     cells = _matrix(names, {"sft": 0.0, "rlhf": 0.3, "nash_md": 0.8})
     styles = {"sft": [0.15, 0.18, 0.53, 0.14, 0.0], "rlhf": [0.07, 0.86, 0.05, 0.02, 0.0],
               "nash_md": [0.92, 0.05, 0.02, 0.01, 0.0]}
-    line = report.mechanism_finding(cells, names, styles)
+    line = findings.mechanism_finding(cells, names, styles)
     assert "**shown**" in line and "nash_md's *concise* share 15% (SFT) -> 92% (yes)" in line
     assert "RLHF's *exhaustive* share 18% -> 86% (yes)" in line and "nash_md vs RLHF 0.622 [" in line
-    assert line in report._findings(cells, names, _FakePrediction(), styles)
+    assert line in findings.findings_lines(cells, names, _FakePrediction(), styles)
     # Everything to *exhaustive* (the quick demo's judges): not shown, and the PM says why.
     styles["nash_md"] = [0.04, 0.94, 0.01, 0.01, 0.0]
     diag = {"styles": ["concise", "exhaustive", "feelings_first", "chronological"], "tau_nash": 0.008,
             "pm_max_abs": 0.172, "pm_keeps_condorcet": True, "pm_keeps_cycles": False,
             "nash_pm": [0.48, 0.52, 0.0, 0.0], "nash_pstar": [0.999, 0.0, 0.0, 0.001]}
-    line = report.mechanism_finding(cells, names, styles, diag)
+    line = findings.mechanism_finding(cells, names, styles, diag)
     assert "**not shown**" in line and "15% (SFT) -> 4% (no)" in line
     assert line.endswith("0.172 max-abs from P*'s style matrix, keeps the Condorcet winner, loses the cycle, "
                          "and puts its regularised equilibrium at tau 0.008 at 52% *exhaustive* (P*'s: 100% "
@@ -191,8 +191,8 @@ def test_the_mechanism_finding_reads_the_style_shares_and_the_nash_vs_rlhf_cell(
     renamed = {(a.replace("nash_md", "nash_md_0.125"), b.replace("nash_md", "nash_md_0.125")): c
                for (a, b), c in cells.items()}
     styles["nash_md_0.125"] = styles.pop("nash_md")
-    assert "nash_md_0.125 vs RLHF" in report.mechanism_finding(renamed, ["sft", "rlhf", "nash_md_0.125"], styles)
-    assert report.mechanism_finding(cells, ["sft", "nash_md"], styles) is None
+    assert "nash_md_0.125 vs RLHF" in findings.mechanism_finding(renamed, ["sft", "rlhf", "nash_md_0.125"], styles)
+    assert findings.mechanism_finding(cells, ["sft", "nash_md"], styles) is None
 
 
 class _FakePrediction:

@@ -5,8 +5,10 @@
   sampling  one response per policy per prompt (`sample_policies`), with the
             sequence log-probs P_tau needs.
   tables    the outputs: matrix.md/.csv/.json and heatmap.png, style and quality tables.
-  report    the demo's report (`write_demo_report`): both matrices, the paper's
-            findings, the judges, training curves.
+  findings  the paper's findings checked on a matrix, what the run measured about
+            each that fails, and whether the run shows the world's mechanism.
+  report    the demo's report (`write_demo_report`): both matrices, the findings,
+            the judges, training curves.
 
 Entry points (`nlhf evaluate` in run_evaluate.py, `nlhf demo`) use these modules;
 nothing here imports an entry point. The package exports the statistics and the
