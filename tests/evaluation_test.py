@@ -186,7 +186,12 @@ def test_the_mechanism_finding_reads_the_style_shares_and_the_nash_vs_rlhf_cell(
     assert "**not shown**" in line and "15% (SFT) -> 4% (no)" in line
     assert line.endswith("0.172 max-abs from P*'s style matrix, keeps the Condorcet winner, loses the cycle, "
                          "and puts its regularised equilibrium at tau 0.008 at 52% *exhaustive* (P*'s: 100% "
-                         "*concise*): the policies go where their judges point (judge diagnostics below)")
+                         "*concise*): the PM points away from P*'s equilibrium, and the policies follow their "
+                         "judges (judge diagnostics below)")
+    # A PM that points where P* does, and a policy that has not got there.
+    line = findings.mechanism_finding(cells, names, styles, {**diag, "nash_pm": [0.97, 0.03, 0.0, 0.0]})
+    assert line.endswith("the PM points where P* does, but nash_md has not got there within the run (TV 0.93 "
+                         "to the PM's equilibrium) (judge diagnostics below)")
     # The paper preset's MD1 plays Nash-MD-PG; without RLHF there is nothing to check.
     renamed = {(a.replace("nash_md", "nash_md_0.125"), b.replace("nash_md", "nash_md_0.125")): c
                for (a, b), c in cells.items()}

@@ -230,8 +230,18 @@ def mechanism_finding(pstar: dict, names: Sequence[str], styles: dict, diag: Opt
                  f"style matrix, {'keeps' if diag['pm_keeps_condorcet'] else 'loses'} the Condorcet winner, "
                  f"{'keeps' if diag['pm_keeps_cycles'] else 'loses'} the cycle, and puts its regularised "
                  f"equilibrium at tau {diag['tau_nash']:g} at {_top_style(diag['nash_pm'], diag['styles'])} "
-                 f"(P*'s: {_top_style(diag['nash_pstar'], diag['styles'])}): the policies go where their "
-                 "judges point (judge diagnostics below)")
+                 f"(P*'s: {_top_style(diag['nash_pstar'], diag['styles'])})")
+        # Which of the two it is: a judge that points elsewhere, or a policy that has not
+        # reached its judge's equilibrium within the run.
+        eq = np.zeros(len(styles[nmd]))
+        eq[:len(diag["nash_pm"])] = diag["nash_pm"]
+        tv = 0.5 * float(np.abs(np.asarray(styles[nmd]) - eq).sum())
+        if int(np.argmax(diag["nash_pm"])) != int(np.argmax(diag["nash_pstar"])):
+            line += ": the PM points away from P*'s equilibrium, and the policies follow their judges"
+        else:
+            line += (f": the PM points where P* does, but {nmd} has not got there within the run (TV "
+                     f"{tv:.2f} to the PM's equilibrium)")
+        line += " (judge diagnostics below)"
     return line
 
 
