@@ -8,6 +8,15 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from nlhf_jax.evaluation import stats
+from nlhf_jax.evaluation import tables
+
+
+def _tv_to(share: Sequence[float], eq: Sequence[float]) -> float:
+    """Total variation between a policy's style shares (with the trailing "none" entry)
+    and an equilibrium over the world's styles (without it)."""
+    return stats.total_variation(share, tables.padded_styles(np.asarray(eq), len(share)))
+
 
 def _fmt(c) -> str:
     return f"{c.mean:.3f} [{c.lo:.2f}, {c.hi:.2f}]"
@@ -147,9 +156,7 @@ def why_not(finding: Finding, cells: dict, styles: dict, quality: dict, pred=Non
         groups.setdefault(world_styles.STYLE_NAMES[top], []).append((n, float(share[top])))
     tv = {}
     if nash is not None:
-        eq = np.zeros(len(next(iter(styles.values()))) if styles else len(nash))
-        eq[:len(nash)] = nash
-        tv = {n: 0.5 * float(np.abs(np.asarray(styles[n]) - eq).sum()) for n in finding.policies if n in styles}
+        tv = {n: _tv_to(styles[n], nash) for n in finding.policies if n in styles}
     for style, members in groups.items():
         shares = [x for _, x in members]
         lo, hi = f"{min(shares):.0%}", f"{max(shares):.0%}"
@@ -233,9 +240,7 @@ def mechanism_finding(pstar: dict, names: Sequence[str], styles: dict, diag: Opt
                  f"(P*'s: {_top_style(diag['nash_pstar'], diag['styles'])})")
         # Which of the two it is: a judge that points elsewhere, or a policy that has not
         # reached its judge's equilibrium within the run.
-        eq = np.zeros(len(styles[nmd]))
-        eq[:len(diag["nash_pm"])] = diag["nash_pm"]
-        tv = 0.5 * float(np.abs(np.asarray(styles[nmd]) - eq).sum())
+        tv = _tv_to(styles[nmd], diag["nash_pm"])
         if int(np.argmax(diag["nash_pm"])) != int(np.argmax(diag["nash_pstar"])):
             line += ": the PM points away from P*'s equilibrium, and the policies follow their judges"
         else:

@@ -81,7 +81,7 @@ def style_table(samples: "list[sampling.PolicySamples]", world_dir: str,
     k = len(names)
     rep = describe.describe_world(generator.load_config(world_dir), taus=tuple(taus))
     nash = {float(pr.tau): np.asarray(pr.nash) for pr in rep.style_predictions}
-    nash_full = {t: _padded(eq, k) for t, eq in nash.items()}
+    nash_full = {t: padded_styles(eq, k) for t, eq in nash.items()}
     rows, data = [], {}
     header = "| policy | " + " | ".join(names) + " | TV to Nash(tau) |"
     rows += [header, "|---|" + "---:|" * (k + 1)]
@@ -122,7 +122,7 @@ def quality_table(samples: "list[sampling.PolicySamples]", world_dir: str,
                     f"| {d['words']:.1f} | {d['quality']:.2f} |")
     return "\n".join(rows), data
 
-def _padded(eq: np.ndarray, k: int) -> np.ndarray:
+def padded_styles(eq: np.ndarray, k: int) -> np.ndarray:
     """A distribution over the first len(eq) styles as one over all k (zeros past it)."""
     full = np.zeros(k)
     full[: len(eq)] = eq
